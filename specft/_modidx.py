@@ -13,4 +13,7 @@ d = { 'settings': { 'branch': 'main',
                              'specft.core.autocast_dtype': ('core.html#autocast_dtype', 'specft/core.py'),
                              'specft.core.choose_precision': ('core.html#choose_precision', 'specft/core.py'),
                              'specft.core.get_device': ('core.html#get_device', 'specft/core.py'),
-                             'specft.core.set_seed': ('core.html#set_seed', 'specft/core.py')}}}
+                             'specft.core.set_seed': ('core.html#set_seed', 'specft/core.py')},
+            'specft.optim': { 'specft.optim.decays': ('optim.html#decays', 'specft/optim.py'),
+                              'specft.optim.lr_lambda': ('optim.html#lr_lambda', 'specft/optim.py'),
+                              'specft.optim.param_groups': ('optim.html#param_groups', 'specft/optim.py')}}}

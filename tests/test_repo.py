@@ -1,0 +1,40 @@
+"The repository's own consistency: generated files agree with their sources."
+import shutil, subprocess, sys
+from pathlib import Path
+import nbformat, pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT/'tools'))
+import sync_docs
+
+def test_readme_index_and_colab_cells_in_step():
+    "README.md, the lesson map and each lesson's Colab cell agree with nbs/ and settings.ini"
+    stale = sync_docs.main(check=True)
+    assert not stale, f"out of step: {[str(p) for p in stale]}; run `make docs`"
+
+def test_readme_is_the_index_notebook():
+    "The README says what the index notebook says, starting with the two commands"
+    readme = (ROOT/'README.md').read_text()
+    assert readme == sync_docs.readme_text(nbformat.read(ROOT/'nbs/index.ipynb', as_version=4))
+    assert readme.index('make demo') < readme.index('make test') < readme.index('make lab')
+
+def test_colab_cell_uses_git_url():
+    cfg = sync_docs.settings()
+    for p in sync_docs.lessons():
+        src = [c.source for c in nbformat.read(p, as_version=4).cells if sync_docs.MARK in c.source]
+        assert len(src) == 1 and cfg['git_url'] in src[0], p
+
+def test_export_and_clean_leave_no_diff(tmp_path):
+    "nbdev_export and nbdev_clean on the committed notebooks reproduce the committed package and notebooks"
+    files = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT/f).is_file():
+            (tmp_path/f).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(ROOT/f, tmp_path/f)
+    before = {f: (tmp_path/f).read_bytes() for f in files if (tmp_path/f).is_file()}
+    for cmd in ('nbdev_export', 'nbdev_clean'):
+        subprocess.run([str(BIN/cmd)], cwd=tmp_path, check=True, capture_output=True)
+    changed = [f for f, b in before.items() if (tmp_path/f).read_bytes() != b]
+    made = [str(p.relative_to(tmp_path)) for p in (tmp_path/'specft').glob('*.py') if str(p.relative_to(tmp_path)) not in before]
+    assert not changed and not made, f"nbdev_export/nbdev_clean changed {changed} and made {made}: run them and commit"
