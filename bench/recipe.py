@@ -42,19 +42,20 @@ def main(argv=None):
     ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     ap.add_argument('--only', nargs='*', help='run only the candidates whose names contain one of these')
     ap.add_argument('--quick', action='store_true')
+    ap.add_argument('--precision', default='fp32', help="fp32 (the CPU default) keeps GPU runs comparable to CPU ones")
     ap.add_argument('--out', default=str(Path(__file__).with_name('recipe_results.json')))
     a = ap.parse_args(argv)
     cands = QUICK if a.quick else CANDIDATES
     if a.only: cands = {k: v for k, v in cands.items() if any(o in k for o in a.only)}
     res = {'command': 'python bench/recipe.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
            'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
-           'torch': torch.__version__, 'defaults': dataclasses.asdict(RunConfig()), 'candidates': {}}
+           'torch': torch.__version__, 'precision': a.precision, 'defaults': dataclasses.asdict(RunConfig()), 'candidates': {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, over in cands.items():
             runs = []
             for seed in a.seeds:
                 t0 = time.time()
-                r = run(RunConfig(**over, seed=seed, out=f'{tmp}/{len(res["candidates"])}-{seed}'))
+                r = run(RunConfig(**{'precision': a.precision, **over}, seed=seed, out=f'{tmp}/{len(res["candidates"])}-{seed}'))
                 runs.append({'seed': seed, 'seconds': round(time.time() - t0, 1), 'best_epoch': r.metrics['best_epoch'],
                              'model': {k: r.metrics[k] for k in ('accuracy', 'macro_f1')},
                              'baseline': {k: r.baseline[k] for k in ('accuracy', 'macro_f1')}})

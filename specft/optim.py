@@ -5,13 +5,158 @@
 # %% ../nbs/02_optim.ipynb #70c5c42a
 from __future__ import annotations
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 from .core import SpecftConfigError
 
 # %% auto #0
-__all__ = ['decays', 'param_groups', 'lr_lambda']
+__all__ = ['sgd_step', 'StepOptimizer', 'l2_reg', 'decoupled_decay', 'SGD', 'count_step', 'average_grad', 'average_sqr_grad',
+           'adam_step', 'Adam', 'AdamW', 'decays', 'param_groups', 'lr_lambda']
+
+# %% ../nbs/02_optim.ipynb #d8a202cf
+def sgd_step(
+    p:torch.Tensor,      # theta, updated in place
+    g:torch.Tensor,      # its gradient
+    lr:float,            # eta
+    **_,
+)->None:
+    r"$\theta \leftarrow \theta - \eta g$"
+    p.add_(g, alpha=-lr)
+
+# %% ../nbs/02_optim.ipynb #10d21cf0
+class StepOptimizer(torch.optim.Optimizer):
+    "A torch optimiser whose update is `steps`, small functions applied in order to each parameter"
+    def __init__(self,
+                 params:Iterable,            # parameters, or parameter groups (dicts)
+                 steps:list[Callable],       # step functions, run in order on each parameter
+                 **defaults):                # hyperparameters: lr, weight_decay, betas, eps ...
+        _check_hyper(**defaults)
+        super().__init__(params, defaults)
+        self.steps = steps
+
+    @torch.no_grad()
+    def step(self, closure:Callable|None=None):
+        "Update every parameter that has a gradient; return the closure's loss, if given"
+        loss = None
+        if closure is not None:
+            with torch.enable_grad(): loss = closure()
+        for group in self.param_groups:
+            hyper = {k: v for k, v in group.items() if k != 'params'}
+            for p in group['params']:
+                if p.grad is None: continue
+                state, g = self.state[p], p.grad
+                for f in self.steps:
+                    new = f(p, g, **hyper, **state) or {}
+                    g = new.pop('g', g)
+                    state.update(new)
+        return loss
+
+def _check_hyper(lr=0.0, weight_decay=0.0, eps=0.0, betas=(0.0, 0.0), **_):
+    "Raise a clear error for a hyperparameter out of its range"
+    if lr < 0: raise SpecftConfigError(f"learning rate lr={lr} is negative; fine-tuning uses about 1e-5 to 1e-4.")
+    if weight_decay < 0: raise SpecftConfigError(f"weight_decay={weight_decay} is negative; 0.01 is the usual value.")
+    if eps < 0: raise SpecftConfigError(f"eps={eps} is negative; use 1e-8.")
+    if not all(0 <= b < 1 for b in betas): raise SpecftConfigError(f"betas={betas} must lie in [0, 1); use (0.9, 0.999).")
+
+# %% ../nbs/02_optim.ipynb #f5bd3a41
+def l2_reg(
+    p:torch.Tensor,      # theta
+    g:torch.Tensor,      # its gradient
+    weight_decay:float,  # lambda: the loss gets (lambda/2) * ||theta||^2
+    **_,
+)->dict:                 # the new gradient g + lambda * theta
+    r"L2 regularisation as a gradient step: $g \leftarrow g + \lambda\theta$"
+    return {'g': g.add(p, alpha=weight_decay)}
+
+# %% ../nbs/02_optim.ipynb #ba72b0cc
+def decoupled_decay(
+    p:torch.Tensor,      # theta, updated in place
+    g:torch.Tensor,      # its gradient (unused)
+    lr:float,            # eta
+    weight_decay:float,  # lambda
+    **_,
+)->None:
+    r"Decoupled weight decay: $\theta \leftarrow \theta(1 - \eta\lambda)$"
+    p.mul_(1 - lr * weight_decay)
+
+# %% ../nbs/02_optim.ipynb #1130e789
+class SGD(StepOptimizer):
+    "SGD; `weight_decay` as L2 in the loss (like `torch.optim.SGD`) or, if `decoupled`, as decoupled decay"
+    def __init__(self,
+                 params:Iterable,            # parameters or parameter groups
+                 lr:float=1e-3,              # eta
+                 weight_decay:float=0.0,     # lambda
+                 decoupled:bool=False):      # decay the weights directly instead of adding lambda*theta to g
+        super().__init__(params, [decoupled_decay if decoupled else l2_reg, sgd_step], lr=lr, weight_decay=weight_decay)
+
+# %% ../nbs/02_optim.ipynb #8c14bb1c
+def count_step(p:torch.Tensor, g:torch.Tensor, t:int=0, **_)->dict:
+    r"$t \leftarrow t + 1$: the step count that the bias correction needs"
+    return {'t': t + 1}
+
+def average_grad(
+    p:torch.Tensor,      # theta
+    g:torch.Tensor,      # g_t
+    betas:tuple,         # (beta_1, beta_2)
+    m:torch.Tensor|None=None, # m_{t-1}; None before the first step
+    **_,
+)->dict:                 # the new m_t
+    r"$m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t$"
+    m = torch.zeros_like(p) if m is None else m
+    return {'m': m.lerp(g, 1 - betas[0])}   # m + (1-beta1)(g - m), the same thing, rounded as torch does
+
+def average_sqr_grad(
+    p:torch.Tensor,      # theta
+    g:torch.Tensor,      # g_t
+    betas:tuple,         # (beta_1, beta_2)
+    v:torch.Tensor|None=None, # v_{t-1}; None before the first step
+    **_,
+)->dict:                 # the new v_t
+    r"$v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2$"
+    v = torch.zeros_like(p) if v is None else v
+    return {'v': v.mul(betas[1]).addcmul_(g, g, value=1 - betas[1])}
+
+# %% ../nbs/02_optim.ipynb #61d679d4
+def adam_step(
+    p:torch.Tensor,      # theta, updated in place
+    g:torch.Tensor,      # its gradient (already averaged into m and v)
+    lr:float,            # eta
+    betas:tuple,         # (beta_1, beta_2)
+    eps:float,           # epsilon, keeps the division finite
+    t:int,               # steps taken, including this one
+    m:torch.Tensor,      # m_t
+    v:torch.Tensor,      # v_t
+    **_,
+)->None:
+    r"$\theta \leftarrow \theta - \eta\,\hat m_t/(\sqrt{\hat v_t}+\epsilon)$ with bias-corrected $\hat m_t, \hat v_t$"
+    bias1, bias2 = 1 - betas[0] ** t, 1 - betas[1] ** t
+    sqrt_v_hat = v.sqrt() / bias2 ** 0.5
+    p.addcdiv_(m, sqrt_v_hat + eps, value=-lr / bias1)   # theta - eta * (m / bias1) / (sqrt_v_hat + eps)
+
+# %% ../nbs/02_optim.ipynb #aa63fac2
+class Adam(StepOptimizer):
+    "Adam with bias correction; `weight_decay` as L2 in the loss, like `torch.optim.Adam`"
+    def __init__(self,
+                 params:Iterable,            # parameters or parameter groups
+                 lr:float=1e-3,              # eta
+                 betas:tuple=(0.9, 0.999),   # (beta_1, beta_2): decay rates of m and v
+                 eps:float=1e-8,             # epsilon
+                 weight_decay:float=0.0):    # lambda, added to the gradient as lambda * theta
+        super().__init__(params, [l2_reg, count_step, average_grad, average_sqr_grad, adam_step],
+                         lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+# %% ../nbs/02_optim.ipynb #c8519bb5
+class AdamW(StepOptimizer):
+    r"Adam with decoupled weight decay, as `torch.optim.AdamW`: $\theta \leftarrow \theta(1-\eta\lambda) - \eta\hat m/(\sqrt{\hat v}+\epsilon)$"
+    def __init__(self,
+                 params:Iterable,            # parameters, or groups from `param_groups`
+                 lr:float=1e-3,              # eta
+                 betas:tuple=(0.9, 0.999),   # (beta_1, beta_2): decay rates of m and v
+                 eps:float=1e-8,             # epsilon
+                 weight_decay:float=0.01):   # lambda: each step multiplies theta by 1 - eta*lambda
+        super().__init__(params, [decoupled_decay, count_step, average_grad, average_sqr_grad, adam_step],
+                         lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 # %% ../nbs/02_optim.ipynb #d90b0c7f
 def decays(
@@ -50,5 +195,6 @@ def lr_lambda(
     "Linear warmup over `warmup_steps`, then linear or cosine decay to 0 at `total_steps`"
     if kind not in ('linear', 'cosine'): raise SpecftConfigError(f"unknown schedule '{kind}'; use 'linear' or 'cosine'.")
     if step < warmup_steps: return step / max(1, warmup_steps)
+    if kind == 'linear': return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 1.0 - progress if kind == 'linear' else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""Training throughput: specft.train against transformers.Trainer, like for like.
+
+Trains the bundled MiniLM on the bundled drug-review training split (cleaned, then 90% of it: the split a
+`specft train` run trains on) for one epoch with the same hyper-parameters (batch 16, max length 256,
+lr 5e-5), three times in one process:
+
+1. `specft.train.fit` (length-bucketed batches from `specft.data.make_loader`, dynamic padding),
+2. `transformers.Trainer` at its defaults (random sampler, `DataCollatorWithPadding`),
+3. `transformers.Trainer` at its fastest setting for this job: `train_sampling_strategy="group_by_length"`.
+
+It counts real (non-pad) tokens per second of training (from the first step to the end of the last; set-up,
+validation and saving excluded, for all three alike), measures this machine's matrix-multiply peak in the
+same process, and reports specft's share of that peak. Every run is then validated the same way
+(cross-entropy and macro-F1 on the validation split).
+
+Usage: python bench/train_throughput.py [--precision fp32|bf16] [--repeats 1] [--threads N]
+"""
+import argparse, math, os, platform, sys, tempfile, time, warnings
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+def parse():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--precision', default='fp32', choices=['fp32', 'bf16'])
+    ap.add_argument('--repeats', type=int, default=1, help='rounds of the three runs; the median is reported')
+    ap.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: this process's cores)")
+    ap.add_argument('--batch-size', type=int, default=16)
+    ap.add_argument('--max-len', type=int, default=256)
+    ap.add_argument('--lr', type=float, default=5e-5)
+    ap.add_argument('--max-rows', type=int, default=None, help='train on the first N rows only (a smoke test)')
+    return ap.parse_args()
+
+def matmul_peak(dtype, n=2048, reps=8)->float:
+    "The best FLOP/s of n x n matrix products in `dtype` over three rounds"
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(2): a @ b
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps): a @ b
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t))
+    return best
+
+def prepare(max_len):
+    "The cleaned bundled training split, split 90/10 as `specft train` does; token ids and label ids"
+    from specft.data import load_corpus, clean_frame, split_corpus, LabelMap, encode_texts
+    from specft.model import load_tokenizer
+    import dataclasses
+    corpus = load_corpus('drug-reviews')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        train, _ = clean_frame(corpus.train); test, _ = clean_frame(corpus.test)
+    splits = split_corpus(dataclasses.replace(corpus, train=train, test=test), val_frac=0.1, seed=0)
+    labels = LabelMap.from_labels(splits.train['label'])
+    tok = load_tokenizer('minilm')
+    enc = lambda df: (encode_texts(tok, df['text'].tolist(), max_len), labels.encode(df['label']))
+    return tok, labels, enc(splits.train), enc(splits.val)
+
+def matmul_flops(n_linear:int, lengths)->float:
+    """Training FLOPs of one epoch, counted on real tokens: 6 x (weights of the linear layers) per token
+    (2 forward + 4 backward per multiply-add), plus attention: per layer and sequence of length T,
+    QK^T and AV take 2 x 2 T^2 d forward, x3 with the backward"""
+    return sum(6 * n_linear * T for T in lengths)
+
+def linear_weights(model)->int:
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+def attention_flops(cfg, lengths)->float:
+    return sum(12 * cfg.num_hidden_layers * T * T * cfg.hidden_size for T in lengths)
+
+def validate(model, ids, y, pad_id)->dict:
+    "Validation cross-entropy and macro-F1 of `model` (logits from `forward(input_ids, attention_mask)`)"
+    from specft.data import make_loader
+    from specft.train import predict_logits
+    from specft.evaluate import compute_metrics
+    logits = predict_logits(model, make_loader(ids, None, 32, pad_id), device='cpu')
+    m = compute_metrics(y, logits.argmax(-1).tolist(), ['negative', 'neutral', 'positive'])
+    return dict(val_loss=F.cross_entropy(logits, torch.tensor(y)).item(), val_macro_f1=m['macro_f1'])
+
+def run_specft(a, tok, train, val, precision):
+    from specft.data import make_loader
+    from specft.model import build_classifier
+    from specft.train import Callback, TrainConfig, fit
+    model, _ = build_classifier('minilm', 3, seed=0)
+    times = {}
+    class Clock(Callback):
+        def on_train_begin(self, s): times['t0'] = time.perf_counter()
+        def on_step_end(self, s): times['t1'] = time.perf_counter()
+    dl = make_loader(*train, a.batch_size, tok.pad_token_id, shuffle=True, seed=0)
+    vdl = make_loader(*val, 32, tok.pad_token_id)
+    s = fit(model, dl, vdl, TrainConfig(epochs=1, lr=a.lr, precision=precision, device='cpu', seed=0), [Clock()])
+    padded = sum(max(len(train[0][i]) for i in b) * len(b) for b in dl.batch_sampler)
+    return times['t1'] - times['t0'], s.step, padded, model, validate(model, *val, tok.pad_token_id)
+
+class HFLogits(torch.nn.Module):
+    "A transformers sequence classifier as `forward(input_ids, attention_mask) -> logits`"
+    def __init__(self, m): super().__init__(); self.m = m
+    def forward(self, input_ids, attention_mask): return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
+
+def run_hf(a, tok, train, val, precision, strategy):
+    from datasets import Dataset
+    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
+                              TrainerCallback, TrainingArguments, set_seed)
+    from specft.model import minilm_path
+    set_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=3)
+    ds = Dataset.from_dict({'input_ids': train[0], 'labels': train[1]})
+    times, steps, padded = {}, [0], [0]
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw): times['t0'] = time.perf_counter()
+        def on_step_end(self, args, state, control, **kw): times['t1'] = time.perf_counter(); steps[0] += 1
+    collate = DataCollatorWithPadding(tok)
+    def counting(features):
+        b = collate(features); padded[0] += b['input_ids'].numel(); return b
+    with tempfile.TemporaryDirectory() as d:
+        args = TrainingArguments(output_dir=d, per_device_train_batch_size=a.batch_size, learning_rate=a.lr,
+                                 num_train_epochs=1, seed=0, bf16=precision == 'bf16', use_cpu=True,
+                                 report_to='none', save_strategy='no', disable_tqdm=True,
+                                 train_sampling_strategy=strategy)
+        Trainer(model=model, args=args, train_dataset=ds, data_collator=counting, processing_class=tok,
+                callbacks=[Clock()]).train()
+    return times['t1'] - times['t0'], steps[0], padded[0], model, validate(HFLogits(model), *val, tok.pad_token_id)
+
+def main():
+    a = parse()
+    torch.set_num_threads(a.threads)
+    import transformers
+    tok, labels, train, val = prepare(a.max_len)
+    if a.max_rows: train = (train[0][:a.max_rows], train[1][:a.max_rows])
+    lengths = [len(x) for x in train[0]]; real = sum(lengths)
+    print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+          f"{torch.get_num_threads()} torch threads; torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"# data: {len(lengths)} training reviews, {real} real tokens (max_len {a.max_len}); "
+          f"{len(val[0])} validation reviews; batch {a.batch_size}, lr {a.lr}, 1 epoch, precision {a.precision}")
+    peak = {'fp32': matmul_peak(torch.float32)}
+    if a.precision == 'bf16': peak['bf16'] = matmul_peak(torch.bfloat16)
+    print('# matmul peak (2048^3):', ', '.join(f'{k} {v / 1e9:.0f} GFLOP/s' for k, v in peak.items()))
+    runs = {'specft': lambda: run_specft(a, tok, train, val, a.precision),
+            'hf_default': lambda: run_hf(a, tok, train, val, a.precision, 'random'),
+            'hf_grouped': lambda: run_hf(a, tok, train, val, a.precision, 'group_by_length')}
+    res = {k: [] for k in runs}
+    for r in range(a.repeats):
+        for name, fn in runs.items():
+            t, steps, padded, model, val_m = fn()
+            res[name].append((t, steps, padded, model, val_m))
+            print(f"# round {r + 1} {name}: {t:.1f} s for {steps} steps, {real / t:.0f} real tokens/s, "
+                  f"{padded} tokens incl. padding ({padded / real - 1:.1%} padding), "
+                  f"val_loss {val_m['val_loss']:.4f}, val_macro_f1 {val_m['val_macro_f1']:.4f}", flush=True)
+    tps = {k: float(np.median([real / x[0] for x in v])) for k, v in res.items()}
+    spec_model = res['specft'][0][3]
+    flops = matmul_flops(linear_weights(spec_model), lengths) + attention_flops(spec_model.backbone.config, lengths)
+    eff = flops / float(np.median([x[0] for x in res['specft']]))
+    print(f"# specft counted {flops / 1e12:.2f} TFLOP of training (6 x {linear_weights(spec_model) / 1e6:.2f} M linear "
+          f"weights x tokens + attention), effective {eff / 1e9:.1f} GFLOP/s")
+    for k in tps: print(f"{k}_tokens_per_s={tps[k]:.0f}")
+    print(f"ratio_vs_hf_default={tps['specft'] / tps['hf_default']:.2f}")
+    print(f"ratio_vs_hf_grouped={tps['specft'] / tps['hf_grouped']:.2f}")
+    print(f"peak_fraction={eff / peak[a.precision]:.3f}")
+    for k, v in res.items():
+        print(f"{k}_val_loss={v[-1][4]['val_loss']:.4f}\n{k}_val_macro_f1={v[-1][4]['val_macro_f1']:.4f}")
+
+if __name__ == '__main__': main()

