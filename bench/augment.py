@@ -11,6 +11,8 @@ same (augmented) rows. Writes bench/augment_results.json; `nbs/03_data.ipynb` pl
     python bench/augment.py                  # MiniLM, 5 seeds x 2 shares x off/on = 20 fine-tunes (a GPU makes this minutes)
     python bench/augment.py --quick          # the tiny model, 1 epoch, 1 seed, a quarter of the rows: a smoke test on CPU
 The recipe (epochs, lr, max_len, batch size ...) is RunConfig's default, never copied here.
+Data: the bundled drug reviews, a subset of the UCI Drug Review dataset (Gräßer, Kallumadi, Malberg and Zaunseder,
+Digital Health 2018; CC BY 4.0; full citation in specft.data.DRUG_REVIEWS_CITATION).
 """
 import argparse, dataclasses, json, platform, statistics, sys, time
 from pathlib import Path

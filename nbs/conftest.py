@@ -16,3 +16,9 @@ def pytest_collection_modifyitems(config, items):
         cell = getattr(item, 'cell', None)
         if cell is not None and cell.get('cell_type') == 'code' and (hit := _flags(cell.source) & skip):
             item.add_marker(pytest.mark.skip(reason=f"#| {' '.join(sorted(hit))} cell"))
+
+def pytest_itemcollected(item):
+    "nbdev_clean drops execution counts; nbval would take a cell with outputs but no count for an unrun one"
+    cell = getattr(item, 'cell', None)
+    if cell is not None and cell.get('cell_type') == 'code' and cell.get('outputs') and cell.get('execution_count') is None:
+        cell['execution_count'] = 1

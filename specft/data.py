@@ -329,7 +329,7 @@ def make_frame(
     if bad.any() and not drop_empty:
         parts = [f"{len(v)} rows with an empty {k.split('_')[1]} (rows {_rows(v)})" for k, v in report.items() if v]
         raise SpecftDataError(f"{where} has {' and '.join(parts)} in column(s) '{tc}'/'{lc}'. Fill them in or delete "
-                              "them, or pass drop_empty=True to drop them (they are then listed in the report).")
+                              "them, or pass --drop-empty (drop_empty=True) to drop them; they are then listed in the report.")
     if bad.any():
         warnings.warn(f"{where}: dropped {int(bad.sum())} rows with an empty text or label (rows {_rows(rows[bad])}).", stacklevel=2)
     keep = ~bad
@@ -392,9 +392,15 @@ def load_corpus(
 )->Corpus:
     "Load a labelled corpus from the bundled data, a file, a frame, a dataset or the hub"
     if isinstance(data, str) and data == 'drug-reviews':
+        if (text_col, label_col) != ('text', 'label'):
+            raise SpecftConfigError("--text-col/--label-col apply to your own data; the bundled drug-reviews choose "
+                                    "the label with --task rating or --task condition.")
         corpus = load_drug_reviews(task, top_k, other)
         if test_data is not None: corpus.test, corpus.report['test'] = _load_test(test_data, text_col, label_col, drop_empty, encoding)
         return corpus
+    if task != 'rating':
+        raise SpecftConfigError(f"--task {task} applies only to the bundled drug-reviews; for your own data, pick the "
+                                "label column with --label-col NAME.")
     report, test = {}, None
     if isinstance(data, pd.DataFrame):
         name, source = 'dataframe', 'a pandas DataFrame'
@@ -750,6 +756,10 @@ def _stratified(df:pd.DataFrame, frac:float, seed:int, name:str, flag:str)->tupl
     "Split off a stratified `frac` of `df` as part `name`, with clear errors where stratifying is impossible"
     if not 0 < frac < 1: raise SpecftConfigError(f"{flag} must be between 0 and 1 (got {frac}).")
     counts = df.label.value_counts()
+    if len(counts) < 2:
+        raise SpecftDataError(f"only {len(df)} rows with {len(counts)} label(s) are left before the {name} split: cleaning "
+                              "removed empty rows, duplicates and texts with conflicting labels (see the cleaning report). "
+                              "Check the data, or keep near-duplicates with the cleaning setting near_dup=None.")
     if counts.min() < 2:
         l = counts.index[-1]
         raise SpecftDataError(f"label {l!r} has only {counts.iloc[-1]} row before the {name} split (label counts: "

@@ -55,6 +55,7 @@ class RunConfig:
     mask_pii:bool = True          # mask personal data before training
     log_every:int = 10            # a training-loss row in history.csv every N steps
     max_train_rows:int|None = None  # use only the first N training rows (quick tries)
+    drop_empty:bool = False       # drop (and report) rows with an empty text or label instead of failing
 
     def non_default(self)->dict:
         "The fields that differ from their defaults"
@@ -163,7 +164,8 @@ class PreparedData:
 
 def prepare_data(cfg:RunConfig)->PreparedData:
     "Load, clean, mask and split the data of `cfg`, reporting every change"
-    corpus = load_corpus(cfg.data, task=cfg.task, text_col=cfg.text_col, label_col=cfg.label_col, test_data=cfg.test_data)
+    corpus = load_corpus(cfg.data, task=cfg.task, text_col=cfg.text_col, label_col=cfg.label_col, test_data=cfg.test_data,
+                         drop_empty=cfg.drop_empty)
     sha = data_sha256(corpus.train, corpus.test)
     corpus, prep = prepare_corpus(corpus, preprocessing_settings(mask_pii=cfg.mask_pii))
     report = {'loading': corpus.report, **prep.to_dict()}
@@ -187,6 +189,9 @@ class RunResult:
     metrics:dict
     baseline:dict
     state:TrainState
+    y_true:list = field(default_factory=list)  # test label ids
+    y_pred:list = field(default_factory=list)  # the model's predicted ids for them
+    labels:list = field(default_factory=list)  # label names, in id order
 
     def table(self)->pd.DataFrame:
         "Accuracy and macro-F1 of the model next to the baseline"
@@ -229,8 +234,8 @@ def run(
     state = fit(model, train_dl, val_dl, _train_config(cfg), callbacks=[HistoryLogger(out/'history.csv'), *callbacks],
                 out_dir=out, labels=data.labels.names, resume=cfg.resume)
     probs = predict_logits(model, test_dl, device=cfg.device, precision=choose_precision(cfg.precision, cfg.device)).softmax(-1)
-    y_true = data.labels.encode(data.test['label'])
-    metrics = compute_metrics(y_true, probs.argmax(-1).tolist(), data.labels.names)
+    y_true, y_pred = data.labels.encode(data.test['label']), probs.argmax(-1).tolist()
+    metrics = compute_metrics(y_true, y_pred, data.labels.names)
     base = baseline_metrics(data.train['text'].tolist(), data.labels.encode(data.train['label']),
                             data.test['text'].tolist(), y_true, data.labels.names)
     counts = {'n_test': len(data.test), 'n_train': len(data.train), 'n_val': len(data.val),
@@ -239,7 +244,7 @@ def run(
     save_classifier(model, tok, out, data.labels.names)
     (out/'metrics.json').write_text(json.dumps(metrics, indent=2))
     (out/'card.md').write_text(model_card(info, metrics))
-    return RunResult(out, metrics, metrics['baseline'], state)
+    return RunResult(out, metrics, metrics['baseline'], state, y_true, y_pred, data.labels.names)
 
 # %% ../nbs/09_pipeline.ipynb #a934e4a0
 def _fmt_metrics(metrics:dict)->str:

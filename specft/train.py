@@ -145,11 +145,10 @@ def _to(batch:dict, device)->dict: return {k: v.to(device, non_blocking=True) fo
 def _inputs(batch:dict)->dict: return {k: v for k, v in batch.items() if k != 'labels'}
 
 def _loader_order(loader)->list[int]|None:
-    "The dataset indices in the order `loader` visits them, when its batch sampler tells"
+    "The dataset indices in the order `loader` visits them, when its batch sampler's order is fixed (has `set_epoch`)"
     bs = getattr(loader, 'batch_sampler', None)
-    if bs is None: return None
-    try: order = [i for b in bs for i in b]
-    except TypeError: return None
+    if not hasattr(bs, 'set_epoch'): return None   # a random sampler would draw another order: leave it alone
+    order = [i for b in bs for i in b]
     return order if sorted(order) == list(range(len(loader.dataset))) else None
 
 def predict_with_labels(
@@ -265,6 +264,7 @@ class Trainer:
         groups = param_groups(model, cfg.weight_decay, cfg.lr, layer_lr_scale(model, cfg.head_lr_scale, cfg.layer_decay))
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=self.device.type in ('cpu', 'cuda'))
         self.batches_per_epoch = len(train_loader)
+        if not self.batches_per_epoch: raise SpecftDataError("the training loader yields no batches; is the training split empty?")
         spe = math.ceil(self.batches_per_epoch / cfg.grad_accum)
         total = cfg.epochs * spe
         self.scheduler = get_scheduler(cfg.schedule, self.optimizer, num_warmup_steps=round(cfg.warmup * total),
@@ -493,6 +493,10 @@ def _load_checkpoint(self:Trainer, path:Path)->dict:
     "Load a checkpoint written by `save_checkpoint`, and the best epoch's weights; returns its RNG state"
     path = Path(path)
     saved = json.loads((path/'state.json').read_text())
+    if saved['state']['total_steps'] != self.state.total_steps:
+        raise SpecftConfigError(f"the checkpoint {path} belongs to a run of {saved['state']['total_steps']} steps, but these "
+                                f"settings make {self.state.total_steps}; resume with the run's own settings (epochs, "
+                                "batch size, accumulation, data).")
     load_model(self.model, str(path/'model.safetensors'), device=str(self.device))
     self.optimizer.load_state_dict(torch.load(path/'optimizer.pt', weights_only=True, map_location=self.device))
     self.scheduler.load_state_dict(torch.load(path/'scheduler.pt', weights_only=True))

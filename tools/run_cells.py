@@ -1,0 +1,25 @@
+#!/usr/bin/env python
+"""Run a notebook's code cells in one plain Python namespace, without Jupyter: for machines that have torch but
+no Jupyter stack (a bare GPU box). Skips the Colab set-up cell, nbdev's showdoc import and cells whose flags
+are not asked for: `python tools/run_cells.py nbs/00_core.ipynb --flags cuda` runs ordinary and `cuda` cells.
+"""
+import argparse, json, re, sys, time
+
+def code_cells(path):
+    for c in json.load(open(path))['cells']:
+        if c['cell_type'] == 'code': yield ''.join(c['source'])
+
+def main():
+    ap = argparse.ArgumentParser(); ap.add_argument('notebooks', nargs='+'); ap.add_argument('--flags', nargs='*', default=[])
+    a = ap.parse_args()
+    for nb in a.notebooks:
+        ns, t0, n = {'__name__': '__main__'}, time.time(), 0
+        for src in code_cells(nb):
+            flags = set(re.findall(r'^#\|\s*(slow|cuda)\s*$', src, flags=re.M))
+            if flags - set(a.flags) or '# Colab set-up' in src: continue
+            src = re.sub(r'^from nbdev\.showdoc import \*$', '', src, flags=re.M)
+            exec(compile(src, f'{nb} cell {n}', 'exec'), ns); n += 1
+        print(f'{nb}: {n} cells ran in {time.time()-t0:.1f} s', flush=True)
+
+if __name__ == '__main__':
+    sys.exit(main())
