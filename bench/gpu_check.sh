@@ -3,7 +3,7 @@
 #   1. the engine's CUDA tests (bf16 and fp16 + GradScaler, out-of-memory retry, resume);
 #   2. every notebook's `cuda` cells (and its ordinary cells) in plain Python;
 #   3. a tiny end-to-end run in each precision through `specft.pipeline.run`;
-#   4. the recipe benchmark (bench/recipe.py) over 3 seeds, fp32 like the CPU default;
+#   4. the recipe benchmark (bench/recipe.py --more: with the ablations) over 3 seeds, fp32 like the CPU default;
 #   5. the augmentation benchmark (bench/augment.py) over 3 seeds.
 # Usage (specft importable, bundled model and data installed): bash bench/gpu_check.sh [OUT_DIR]
 set -uo pipefail
@@ -19,5 +19,5 @@ for p in ('auto', 'bf16', 'fp16', 'fp32'):
     r = run(RunConfig(model='tiny', epochs=1, max_len=64, max_train_rows=200, precision=p, out=tempfile.mkdtemp() + '/r'))
     print(f"precision {p}: macro-F1 {r.metrics['macro_f1']:.3f}, steps {r.state.step}, finite loss {r.state.loss == r.state.loss}")
 PY
-python3 bench/recipe.py --out "$out/recipe_results.json" 2>&1 | grep -v -i warn | tail -40
+python3 bench/recipe.py --more --out "$out/recipe_results.json" 2>&1 | grep -v -i warn | tail -40
 python3 bench/augment.py --seeds 0 1 2 --out "$out/augment_results.json" 2>&1 | grep -v -i warn | tail -20

@@ -4,14 +4,15 @@
 
 # %% ../nbs/12_cli.ipynb #13c14976
 from __future__ import annotations
-import argparse, dataclasses, inspect, json, re, sys
+import argparse, dataclasses, inspect, json, re, shutil, sys
 from pathlib import Path
 import pandas as pd
 from .core import SpecftError, SpecftConfigError, SpecftDataError
 from .pipeline import RunConfig, run, Predictor, evaluate_run
 
 # %% auto #0
-__all__ = ['field_help', 'add_config_flags', 'config_from_args', 'build_parser', 'read_texts', 'main']
+__all__ = ['field_help', 'add_config_flags', 'config_from_args', 'typed_fields', 'build_parser', 'read_texts', 'resume_config',
+           'main']
 
 # %% ../nbs/12_cli.ipynb #bc3e13d7
 def field_help(cls=RunConfig)->dict:
@@ -40,6 +41,12 @@ def add_config_flags(parser:argparse.ArgumentParser, cls=RunConfig)->None:
 def config_from_args(args:argparse.Namespace, cls=RunConfig):
     "The `cls` built from parsed flags"
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+def typed_fields(argv:list[str], cls=RunConfig)->set[str]:
+    "The fields of `cls` whose flags were typed in `argv` (`--no-x` counts as x), default values included"
+    names = {f.name for f in dataclasses.fields(cls)}
+    typed = {a[2:].split('=')[0].replace('-', '_') for a in argv if a.startswith('--')}
+    return {n for n in names if n in typed or f'no_{n}' in typed}
 
 # %% ../nbs/12_cli.ipynb #4ae236cd
 def build_parser()->argparse.ArgumentParser:
@@ -75,9 +82,23 @@ def read_texts(path:str, text_col:str='text')->list[str]:
     return df[text_col].astype(str).tolist()
 
 # %% ../nbs/12_cli.ipynb #e0f57071
-def _train(a):
+def resume_config(a:argparse.Namespace, typed:set[str])->RunConfig:
+    "The settings of the run in `--out` to resume; a typed flag that differs from them is an error"
+    saved_file = Path(a.out or '')/'run.json'
+    if not a.out or not saved_file.is_file():
+        raise SpecftConfigError(f"--resume needs --out RUN_DIR naming the folder of an earlier run (one with run.json); "
+                                f"{saved_file} does not exist.")
+    saved = json.loads(saved_file.read_text())['config']
+    bad = [f"--{k.replace('_', '-')} {getattr(a, k)!r} (the run has {saved.get(k)!r})"
+           for k in sorted(typed - {'resume', 'out', 'overwrite'}) if saved.get(k) != getattr(a, k)]
+    if bad: raise SpecftConfigError(f"--resume takes its settings from {saved_file}, but these flags differ: "
+                                    + '; '.join(bad) + ". Drop them, or start a new run with another --out.")
+    return RunConfig(**{**saved, 'resume': True, 'overwrite': False, 'out': a.out})
+
+def _train(a, argv):
     from specft.train import ProgressBar
-    res = run(config_from_args(a), callbacks=[ProgressBar()])
+    cfg = resume_config(a, typed_fields(argv)) if a.resume else config_from_args(a)
+    res = run(cfg, callbacks=[ProgressBar()])
     print(res.table().to_string())
     print(f"\nbest epoch: {res.metrics['best_epoch']}; test rows: {res.metrics['n_test']}")
     print(f"run folder: {res.run_dir}")
@@ -96,8 +117,11 @@ def _serve(a):
 
 def main(argv=None)->int:
     "Entry point of the `specft` command; returns the exit code"
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
-    try: {'train': _train, 'evaluate': _evaluate, 'predict': _predict, 'serve': _serve}[a.command](a)
+    try:
+        if a.command == 'train': _train(a, argv)
+        else: {'evaluate': _evaluate, 'predict': _predict, 'serve': _serve}[a.command](a)
     except SpecftError as e:
         print(f"specft {a.command}: error: {e}", file=sys.stderr)
         return 2

