@@ -21,13 +21,13 @@ from . import privacy
 __all__ = ['DRUG_REVIEWS_CITATION', 'DRUG_REVIEWS_PIP', 'SENTIMENT_THRESHOLDS', 'JUNK_CONDITION', 'TEXT_SUFFIXES', 'BINARY_MAGIC',
            'CLEAN_STEPS', 'DEFAULT_CLEANING', 'DRUG_REVIEW_THESAURUS', 'drug_reviews_path', 'read_drug_reviews',
            'rating_to_sentiment', 'top_conditions', 'condition_frame', 'Corpus', 'load_drug_reviews', 'decode_bytes',
-           'read_table', 'normalise_labels', 'make_frame', 'load_corpus', 'unescape_html', 'strip_wrapping_quotes',
-           'drop_control_chars', 'nfkc', 'collapse_whitespace', 'clean_text', 'dedup_key', 'shingles', 'jaccard',
-           'minhash', 'lsh_candidates', 'near_duplicates', 'cleaning_settings', 'cut_text', 'md_table',
-           'CleaningReport', 'clean_frame', 'LabelMap', 'Splits', 'find_leaks', 'split_corpus', 'token_lengths',
-           'length_stats', 'plot_lengths', 'encode_texts', 'BucketBatchSampler', 'PadCollate', 'make_loader',
-           'padding_stats', 'synonym_replace', 'random_swap', 'random_delete', 'augment_text', 'augment_frame',
-           'preprocessing_settings', 'preprocess_texts', 'PrepReport', 'prepare_corpus']
+           'check_data_path', 'read_table', 'normalise_labels', 'make_frame', 'hub_dataset_name', 'load_corpus',
+           'unescape_html', 'strip_wrapping_quotes', 'drop_control_chars', 'nfkc', 'collapse_whitespace', 'clean_text',
+           'dedup_key', 'shingles', 'jaccard', 'minhash', 'lsh_candidates', 'near_duplicates', 'cleaning_settings',
+           'cut_text', 'md_table', 'CleaningReport', 'clean_frame', 'LabelMap', 'Splits', 'find_leaks', 'split_corpus',
+           'token_lengths', 'length_stats', 'plot_lengths', 'encode_texts', 'BucketBatchSampler', 'PadCollate',
+           'make_loader', 'padding_stats', 'synonym_replace', 'random_swap', 'random_delete', 'augment_text',
+           'augment_frame', 'preprocessing_settings', 'preprocess_texts', 'PrepReport', 'prepare_corpus']
 
 # %% ../nbs/03_data.ipynb #76162d8a
 DRUG_REVIEWS_CITATION = (
@@ -230,17 +230,25 @@ def _read_jsonl(text:str, where:str)->pd.DataFrame:
         recs.append(rec); rows.append(i)
     return pd.DataFrame.from_records(recs).assign(row=rows) if recs else pd.DataFrame()
 
+def check_data_path(
+    path:str|Path, # a data file
+)->Path:           # the same path, checked
+    "Fail clearly unless `path` is an existing file of a type specft reads (csv, tsv, jsonl, parquet)"
+    path = Path(path)
+    if not path.is_file(): raise _missing_file(path)
+    suffix = path.suffix.lower()
+    if suffix not in TEXT_SUFFIXES and suffix != '.parquet':
+        raise SpecftDataError(f"{path}: unknown file type '{suffix}'; use .csv, .tsv, .jsonl or .parquet "
+                              "(or rename the file if it is one of these).")
+    return path
+
 def read_table(
     path:str|Path,           # a csv, tsv, jsonl or parquet file
     encoding:str|None=None,  # force a text encoding (default: detect UTF-8, or a clear cp1252)
 )->tuple[pd.DataFrame, dict]: # the table (all columns as read, plus `row`), and facts about the file
     "Read a data file into a DataFrame, refusing empty, binary, header-only and badly encoded files clearly"
-    path = Path(path)
-    if not path.is_file(): raise _missing_file(path)
+    path = check_data_path(path)
     suffix, where = path.suffix.lower(), str(path)
-    if suffix not in TEXT_SUFFIXES and suffix != '.parquet':
-        raise SpecftDataError(f"{where}: unknown file type '{suffix}'; use .csv, .tsv, .jsonl or .parquet "
-                              "(or rename the file if it is one of these).")
     raw = path.read_bytes()
     info = {'path': where, 'sha256': hashlib.sha256(raw).hexdigest(), 'bytes': len(raw)}
     if not raw.strip(): raise SpecftDataError(f"{where} is empty ({len(raw)} bytes); it needs a header and data rows.")
@@ -338,6 +346,14 @@ def make_frame(
     return out.reset_index(drop=True), report
 
 # %% ../nbs/03_data.ipynb #b24feb47
+def hub_dataset_name(
+    name:str, # 'NAME' or 'NAME:CONFIG', with or without the 'hf:' prefix
+)->tuple[str, str|None]: # the hub dataset id, and its configuration (None: the default one)
+    "Split a hub dataset name `[hf:]NAME[:CONFIG]` into the id and the configuration"
+    repo, _, config = name.removeprefix('hf:').partition(':')
+    return repo, config or None
+
+# %% ../nbs/03_data.ipynb #9e513305
 def _frame_from_dataset(ds, text_col, label_col)->pd.DataFrame:
     "A `datasets.Dataset` as a DataFrame, with ClassLabel ids turned into names"
     df = ds.to_pandas()
@@ -355,9 +371,7 @@ def _load_datasets(data, where:str)->dict:
         if isinstance(data, Path):
             saved = any((data/f).exists() for f in ('dataset_info.json', 'state.json', 'dataset_dict.json'))
             ds = datasets.load_from_disk(str(data)) if saved else datasets.load_dataset(str(data))
-        else:
-            name, _, config = data.partition(':')
-            ds = datasets.load_dataset(name, config or None)
+        else: ds = datasets.load_dataset(*hub_dataset_name(data))
     except Exception as e:
         offline = os.environ.get('HF_HUB_OFFLINE', '0') not in ('0', '', 'false', 'False')
         why = ("HF_HUB_OFFLINE is set, so only datasets already in the local cache can be loaded; " if offline else

@@ -13,19 +13,17 @@ from .core import SpecftError, SpecftConfigError, SpecftDataError, choose_precis
 import specft.pipeline as pipeline
 from .pipeline import RunConfig, run, default_run_dir
 from .train import Callback, ProgressBar
-from .data import load_corpus, TEXT_SUFFIXES
+from .data import load_corpus, TEXT_SUFFIXES, check_data_path, hub_dataset_name
 from .evaluate import metrics_table, plot_confusion
 
 # %% auto #0
 __all__ = ['BUNDLED', 'SOURCES', 'METHOD_NAMES', 'config_defaults', 'config_to_code', 'config_to_command', 'read_head',
-           'uploaded_files', 'save_upload', 'PanelCallback', 'plot_progress', 'show', 'hub_head', 'run_predictions',
-           'TrainPanel']
+           'uploaded_files', 'save_upload', 'PanelCallback', 'plot_progress', 'show', 'hub_head', 'TrainPanel']
 
 # %% ../nbs/11_widgets.ipynb #da7331c2
 def config_defaults()->dict:
     "Each `RunConfig` field's default, read from the dataclass: the command line's defaults"
-    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            for f in dataclasses.fields(RunConfig)}
+    return {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
 # %% ../nbs/11_widgets.ipynb #a9aee048
 def config_to_code(
@@ -50,20 +48,14 @@ def config_to_command(
     return ' '.join(parts)
 
 # %% ../nbs/11_widgets.ipynb #571c569a
-def _not_found(p:Path)->SpecftDataError:
-    return SpecftDataError(f"data file '{p}' not found (working directory: {Path.cwd()}). Check the path.")
-
 def read_head(
     path,                # a csv, tsv, jsonl or parquet file
     nrows:int|None=5,    # read only the first `nrows` rows; None reads all
     columns=None,        # read only these columns; None reads all
 )->pd.DataFrame:
     "The first `nrows` rows (of `columns`) of a data file, read with pandas"
-    p = Path(path)
-    if not p.is_file(): raise _not_found(p)
+    p = check_data_path(path)
     suf = p.suffix.lower()
-    if suf not in TEXT_SUFFIXES and suf != '.parquet':
-        raise SpecftDataError(f"{p}: unknown file type '{suf}'; use .csv, .tsv, .jsonl or .parquet.")
     try:
         if suf == '.parquet':
             import pyarrow.parquet as pq
@@ -157,8 +149,8 @@ def hub_head(
 )->pd.DataFrame:
     "The first `nrows` rows of the train split of hub dataset `name`, streamed"
     from datasets import load_dataset
-    repo, _, config = name.partition(':')  # NAME:CONFIG, as `specft.data.load_corpus` reads it
-    try: return pd.DataFrame(list(itertools.islice(load_dataset(repo, config or None, split='train', streaming=True), nrows)))
+    repo, config = hub_dataset_name(name)  # NAME:CONFIG, as `specft.data.load_corpus` reads it
+    try: return pd.DataFrame(list(itertools.islice(load_dataset(repo, config, split='train', streaming=True), nrows)))
     except Exception as e:  # the hub raises many kinds: not found, no network, gated, no train split
         raise SpecftDataError(f"hf:{name}: could not read its train split from the Hugging Face hub "
                               f"({type(e).__name__}: {e}). Check the name, and that this machine is online.") from e
@@ -186,8 +178,7 @@ class _PanelWidgets(W.VBox):
         # Model
         self.model = W.Combobox(options=['minilm', 'tiny'], value=d['model'], ensure_option=False,
                                 placeholder='minilm, tiny, a hub id or a folder', description='model', style=st)
-        methods = getattr(pipeline, 'METHODS', ('full', 'head'))
-        self.method = W.Dropdown(options=[(METHOD_NAMES.get(m, m), m) for m in methods], value=d['method'],
+        self.method = W.Dropdown(options=[(METHOD_NAMES.get(m, m), m) for m in pipeline.METHODS], value=d['method'],
                                  description='method', style=st)
         # Training
         e = math.log10(d['lr'])
@@ -296,12 +287,6 @@ class _DataPart:
             self.preview_out.outputs = (); self.say(str(e), 'error')
 
 # %% ../nbs/11_widgets.ipynb #254c1045
-def run_predictions(
-    result,  # a `RunResult`
-)->tuple[list, list, list]: # true label ids, predicted label ids, label names
-    "True and predicted label ids on the test split of a finished run, and the label names"
-    return list(result.y_true), list(result.y_pred), list(result.labels)
-
 class _RunPart:
     "The panel's behaviour around a run: settings, start, stop, progress, results"
     def _data_settings(self)->dict:
@@ -315,8 +300,7 @@ class _RunPart:
         elif (f := self._file()) is None:
             raise SpecftConfigError("data: nothing uploaded yet. Click 'Upload' and pick a csv, tsv, jsonl or parquet file."
                                     if src == 'upload' else "data: no file given. Type the path of a csv, tsv, jsonl or parquet file in 'file'.")
-        elif not f.is_file(): raise _not_found(f)
-        else: data = str(f)
+        else: data = str(check_data_path(f))
         for w, what in ((self.text_col, 'text'), (self.label_col, 'label')):
             if not w.value: raise SpecftConfigError(f"data: no {what} column chosen. Pick it in '{what} column' on the Data tab.")
         if self.text_col.value == self.label_col.value:
@@ -331,9 +315,7 @@ class _RunPart:
 
     def config(self)->RunConfig:
         "The `RunConfig` the controls describe; a `SpecftError` for settings that cannot work"
-        cfg = RunConfig(**self.settings())
-        if (check := getattr(pipeline, 'check_config', None)) is not None: check(cfg)
-        return cfg
+        return pipeline.check_config(RunConfig(**self.settings()))
 
     def show_code(self)->str|None:
         "Show the `run(RunConfig(...))` code and the `specft train` command for the settings; the code"
@@ -366,8 +348,7 @@ class _RunPart:
         text_bar = None if _has_frontend() else ProgressBar()  # no widget front end: progress as text
         cbs = [PanelCallback(self), *([text_bar] if text_bar else []), *self.callbacks]
         try:
-            self.result = run(cfg, callbacks=cbs)
-            self.say('Scoring the test split ...')
+            self.result = run(cfg, callbacks=cbs)  # trains, then scores the test split and the baseline
             self._show_results(self.result)
             done = f"Stopped at step {self.state.step} of {self.state.total_steps}; kept the best model so far. " if self._stop else 'Done. '
             self.say(done + f"Run folder: {self.result.run_dir}", 'done')
@@ -383,10 +364,9 @@ class _RunPart:
             self.progress.bar_style = 'danger' if self.error else 'success'
 
     def _show_results(self, res):
-        "The metrics next to the baseline, and the confusion matrix"
-        y_true, y_pred, labels = run_predictions(res)
+        "The metrics next to the baseline, and the confusion matrix of the test split"
         fig = Figure(figsize=(4.2, 3.6), layout='constrained')
-        plot_confusion(y_true, y_pred, labels, ax=fig.subplots())
+        plot_confusion(res.y_true, res.y_pred, res.labels, ax=fig.subplots())
         show(self.results_out, metrics_table(res.metrics, res.baseline), fig)
 
     def stop(self):

@@ -7,7 +7,7 @@ from specft.core import SpecftDataError, SpecftConfigError
 from specft.data import (DRUG_REVIEWS_CITATION, DRUG_REVIEW_THESAURUS, BucketBatchSampler, Corpus, LabelMap, augment_frame,
                          clean_frame, clean_text, decode_bytes, encode_texts, find_leaks, jaccard, length_stats, load_corpus,
                          make_loader, near_duplicates, padding_stats, prepare_corpus, preprocess_texts, preprocessing_settings,
-                         rating_to_sentiment, shingles, split_corpus, token_lengths)
+                         rating_to_sentiment, shingles, split_corpus, token_lengths, check_data_path, hub_dataset_name)
 
 def rows(n:int)->str:
     "n csv rows of distinct texts, alternating two labels"
@@ -93,6 +93,25 @@ def test_hub_offline_fails_clearly(tmp_path):
     env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'HF_HOME': str(tmp_path/'hf')}
     out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300).stdout
     assert out.startswith('SpecftDataError |') and 'HF_HUB_OFFLINE' in out and 'save_to_disk' in out, out
+
+def test_hub_names_with_a_config_reach_load_dataset(monkeypatch):
+    "hf:NAME:CONFIG is split once, by hub_dataset_name, and load_corpus passes both parts to datasets.load_dataset"
+    import datasets
+    assert hub_dataset_name('hf:nyu-mll/glue:sst2') == hub_dataset_name('nyu-mll/glue:sst2') == ('nyu-mll/glue', 'sst2')
+    assert hub_dataset_name('hf:imdb') == ('imdb', None)
+    seen = []
+    def fake(name, config=None, **kw):
+        seen.append((name, config))
+        return datasets.DatasetDict(train=datasets.Dataset.from_dict({'text': ['a', 'b', 'c', 'd'], 'label': ['x', 'y'] * 2}))
+    monkeypatch.setattr(datasets, 'load_dataset', fake)
+    assert len(load_corpus('hf:nyu-mll/glue:sst2').train) == 4 and len(load_corpus('hf:imdb').train) == 4
+    assert seen == [('nyu-mll/glue', 'sst2'), ('imdb', None)]
+
+def test_check_data_path(tmp_path):
+    assert check_data_path(str(write(tmp_path/'d.TSV', 'text\tlabel\n'))) == tmp_path/'d.TSV'
+    with pytest.raises(SpecftDataError, match=r"not found .*Did you mean .*d\.TSV"): check_data_path(tmp_path/'e.TSV')
+    with pytest.raises(SpecftDataError, match="unknown file type '.xlsx'"): check_data_path(write(tmp_path/'d.xlsx', 'x'))
+    with pytest.raises(SpecftDataError, match="unknown file type '.xlsx'"): load_corpus(tmp_path/'d.xlsx')
 
 def test_task_and_columns_are_not_silently_ignored(tmp_path):
     with pytest.raises(SpecftConfigError, match='--label-col NAME'): load_corpus(write(tmp_path/'d.csv', 'text,label\n' + GOOD), task='condition')

@@ -11,7 +11,7 @@ from specft.core import SpecftError, SpecftConfigError, choose_precision
 from specft.pipeline import RunConfig
 from specft.train import Callback
 from specft.widgets import (TrainPanel, config_defaults, config_to_code, config_to_command, read_head, uploaded_files,
-                            save_upload, show, plot_progress, run_predictions)
+                            save_upload, show, plot_progress)
 
 TINY = dict(model='tiny', epochs=1, max_len=64, batch_size=8, max_train_rows=40)
 
@@ -41,6 +41,8 @@ def test_defaults_are_the_cli_defaults():
     p = TrainPanel()
     d = config_defaults()
     assert d == {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    from specft.cli import build_parser
+    assert d == {k: v for k, v in vars(build_parser().parse_args(['train'])).items() if k != 'command'}
     assert p.config() == RunConfig()
     assert (p.lr.value, p.epochs.value, p.batch_size.value, p.max_len.value, p.warmup.value, p.weight_decay.value,
             p.seed.value, p.device.value) == (d['lr'], d['epochs'], d['batch_size'], d['max_len'], d['warmup'],
@@ -175,6 +177,12 @@ def test_hub_errors_are_data_errors(monkeypatch):
     def offline(*a, **k): raise ConnectionError('no network')
     monkeypatch.setattr(datasets, 'load_dataset', offline)
     with pytest.raises(SpecftError, match='could not read its train split.*ConnectionError'): hub_head('someone/reviews')
+    seen = []
+    def rows(name, config=None, **kw): seen.append((name, config)); return iter([{'text': 'a', 'label': 'x'}] * 3)
+    monkeypatch.setattr(datasets, 'load_dataset', rows)
+    assert len(hub_head('nyu-mll/glue:sst2', nrows=2)) == 2 and len(hub_head('hf:imdb')) == 3
+    assert seen == [('nyu-mll/glue', 'sst2'), ('imdb', None)]   # NAME:CONFIG read as specft.data reads it
+    monkeypatch.setattr(datasets, 'load_dataset', offline)
     p = TrainPanel()
     p.source.value = 'hub'; p.hub.value = 'someone/reviews'
     assert 'ConnectionError' in p.message and p.preview_out.outputs == ()
@@ -182,6 +190,8 @@ def test_hub_errors_are_data_errors(monkeypatch):
 @pytest.mark.parametrize('setup, message', [
     (lambda p, f: setattr(p.path, 'value', str(f)), 'no text column chosen'),
     (lambda p, f: setattr(p.path, 'value', str(f.parent/'missing.csv')), 'not found'),
+    (lambda p, f: (f.with_suffix('.xlsx').write_bytes(b'PK\x03\x04'), setattr(p.path, 'value', str(f.with_suffix('.xlsx')))),
+     'unknown file type'),
     (lambda p, f: setattr(p.path, 'value', ''), 'no file given'),
     (lambda p, f: (setattr(p.path, 'value', str(f)), setattr(p.text_col, 'value', 'body'), setattr(p.label_col, 'value', 'body')),
      'both the text and the label column'),
@@ -223,8 +233,7 @@ def test_run_from_the_panel_and_its_code(in_tmp):
     assert [list(o['data'])[0] for o in p.results_out.outputs] == ['text/html', 'image/png']
     assert 'accuracy' in p.results_out.outputs[0]['data']['text/html']
     assert p.plot_out.outputs[0]['data']['image/png'] and p.val_history
-    y_true, y_pred, labels = run_predictions(res)
-    assert len(y_true) == len(y_pred) == metrics['n_test'] and labels == ['negative', 'neutral', 'positive']
+    assert len(res.y_true) == len(res.y_pred) == metrics['n_test'] and res.labels == ['negative', 'neutral', 'positive']
     # "Show code" runs the same settings: executed, it writes a run whose recorded settings are the panel's
     code = p.show_code()
     assert code in html.unescape(p.code_info.value) and config_to_command(p.config()) in html.unescape(p.code_info.value)
