@@ -142,7 +142,7 @@ def main():
             'hf_grouped': lambda: run_hf(a, tok, train, val, a.precision, 'group_by_length')}
     res = {k: [] for k in runs}
     for r in range(a.repeats):
-        for name, fn in runs.items():
+        for name, fn in (list(runs.items()) if r % 2 == 0 else list(runs.items())[::-1]):   # alternate the order against drift
             t, steps, padded, model, val_m = fn()
             res[name].append((t, steps, padded, model, val_m))
             print(f"# round {r + 1} {name}: {t:.1f} s for {steps} steps, {real / t:.0f} real tokens/s, "
