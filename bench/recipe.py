@@ -6,21 +6,24 @@ the shipped test split, validation-based best-epoch choice) and records, for eve
 the paired baseline's test accuracy and macro-F1 (the baseline is trained on exactly the model's
 training rows, in the same run). Writes bench/recipe_results.json; `nbs/09_pipeline.ipynb` plots it.
 
-    python bench/recipe.py                       # the three candidates, seeds 0 1 2 (about an hour on 2 CPU cores)
+    python bench/recipe.py                       # the candidates, seeds 0 1 2 (about 25 minutes on 2 CPU cores in bf16)
     python bench/recipe.py --more                # and the ablations (for a GPU)
+    python bench/recipe.py --precisions          # the defaults in fp32 and in bf16 -> bench/precision_results.json
     python bench/recipe.py --quick               # the tiny model, 1 epoch, 2 candidates: a smoke test
 """
 import argparse, dataclasses, json, platform, statistics, sys, tempfile, time
 from pathlib import Path
 import torch
+from specft.core import choose_precision
 from specft.pipeline import RunConfig, run
 
-# Each candidate changes a few settings of RunConfig; everything else stays at the default. Three candidates take
-# about an hour on two CPU cores (3 seeds); MORE adds the ablations of the chosen recipe, for a GPU.
+# Each candidate changes a few settings of RunConfig; everything else stays at the default. MORE adds ablations.
 CANDIDATES = {
     'plain (cls, lr 5e-5, 4 ep, len 256)': dict(pooling='cls', class_weights='none', lr=5e-5, head_lr_scale=1.0, epochs=4, max_len=256),
     'mean pooling + class weights': dict(pooling='mean', class_weights='auto', lr=5e-5, head_lr_scale=1.0, epochs=4, max_len=256),
     'mean + cw + lr 8e-5, head x10, 5 ep, len 320': dict(pooling='mean', class_weights='auto', lr=8e-5, head_lr_scale=10.0, epochs=5, max_len=320),
+    'same, sqrt class weights': dict(pooling='mean', class_weights='sqrt', lr=8e-5, head_lr_scale=10.0, epochs=5, max_len=320),
+    'sqrt cw, lr 5e-5, 8 ep': dict(pooling='mean', class_weights='sqrt', lr=5e-5, head_lr_scale=10.0, epochs=8, max_len=320),
 }
 MORE = {
     'plain + class weights': dict(pooling='cls', class_weights='auto', lr=5e-5, head_lr_scale=1.0, epochs=4, max_len=256),
@@ -28,6 +31,8 @@ MORE = {
     'recipe, no class weights': dict(pooling='mean', class_weights='none', lr=8e-5, head_lr_scale=10.0, epochs=5, max_len=320),
     'recipe, 8 epochs': dict(pooling='mean', class_weights='auto', lr=8e-5, head_lr_scale=10.0, epochs=8, max_len=320),
 }
+# --precisions: the defaults (whatever RunConfig holds) trained in fp32 and in bf16, for the precision comparison
+PRECISION = {'defaults, fp32': dict(precision='fp32'), 'defaults, bf16': dict(precision='bf16')}
 QUICK = {'tiny A': dict(model='tiny', epochs=1, max_len=64), 'tiny B': dict(model='tiny', epochs=1, max_len=64, pooling='cls')}
 
 def summarise(runs):
@@ -47,22 +52,25 @@ def main(argv=None):
     ap.add_argument('--only', nargs='*', help='run only the candidates whose names contain one of these')
     ap.add_argument('--quick', action='store_true')
     ap.add_argument('--more', action='store_true', help='also the ablations in MORE (a GPU makes them minutes)')
-    ap.add_argument('--precision', default='fp32', help="fp32 (the CPU default) keeps GPU runs comparable to CPU ones")
-    ap.add_argument('--out', default=str(Path(__file__).with_name('recipe_results.json')))
+    ap.add_argument('--precisions', action='store_true', help='run PRECISION (the defaults in fp32 and bf16) instead')
+    ap.add_argument('--precision', default='auto', help="for every candidate; 'auto' is specft's choice for this machine")
+    ap.add_argument('--out', default=None, help='default: bench/recipe_results.json, or precision_results.json')
     a = ap.parse_args(argv)
-    cands = QUICK if a.quick else {**CANDIDATES, **(MORE if a.more else {})}
+    a.out = a.out or str(Path(__file__).with_name('precision_results.json' if a.precisions else 'recipe_results.json'))
+    cands = QUICK if a.quick else PRECISION if a.precisions else {**CANDIDATES, **(MORE if a.more else {})}
     if a.only: cands = {k: v for k, v in cands.items() if any(o in k for o in a.only)}
     res = {'command': 'python bench/recipe.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
            'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
-           'torch': torch.__version__, 'precision': a.precision, 'defaults': dataclasses.asdict(RunConfig()), 'candidates': {}}
+           'torch': torch.__version__, 'precision': choose_precision(a.precision, 'auto'), 'defaults': dataclasses.asdict(RunConfig()), 'candidates': {}}
     res['candidates'] = {name: {'settings': over, 'runs': []} for name, over in cands.items()}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in a.seeds:              # seed by seed, so a cut-short benchmark still compares every candidate
             for i, (name, over) in enumerate(cands.items()):
                 t0 = time.time()
-                r = run(RunConfig(**{'precision': a.precision, **over}, seed=seed, out=f'{tmp}/{i}-{seed}'))
+                cfg = RunConfig(**{'precision': choose_precision(a.precision, 'auto'), **over}, seed=seed, out=f'{tmp}/{i}-{seed}')
+                r = run(cfg)
                 runs = res['candidates'][name]['runs']
-                runs.append({'seed': seed, 'seconds': round(time.time() - t0, 1), 'best_epoch': r.metrics['best_epoch'],
+                runs.append({'seed': seed, 'precision': cfg.precision, 'seconds': round(time.time() - t0, 1), 'best_epoch': r.metrics['best_epoch'],
                              'model': {k: r.metrics[k] for k in ('accuracy', 'macro_f1')},
                              'baseline': {k: r.baseline[k] for k in ('accuracy', 'macro_f1')}})
                 res['candidates'][name]['summary'] = summarise(runs)

@@ -11,7 +11,7 @@ import torch
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'SpecftError', 'SpecftDataError', 'SpecftConfigError', 'SpecftModelError', 'SpecftTrainingError',
-           'get_device', 'choose_precision', 'autocast_dtype', 'set_seed', 'repo_root']
+           'get_device', 'cpu_has_bf16', 'choose_precision', 'autocast_dtype', 'set_seed', 'repo_root']
 
 # %% ../nbs/00_core.ipynb #0e2ab26a
 class SpecftError(Exception):
@@ -46,11 +46,16 @@ def get_device(
 # %% ../nbs/00_core.ipynb #bde9e86b
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 
+def cpu_has_bf16()->bool:
+    "Whether this CPU has bf16 matrix instructions (x86 AVX512-BF16 or AMX)"
+    probes = [getattr(torch.cpu, f, None) for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported')]
+    return any(f is not None and f() for f in probes)
+
 def choose_precision(
     precision:str='auto',  # one of `PRECISIONS`
     device:str|torch.device='auto', # where the run happens
 )->str:               # 'fp32', 'bf16' or 'fp16'
-    "The precision to train in: bf16 on GPUs of compute capability >= 8, fp16 below, fp32 on CPU"
+    "The precision to train in: bf16 on GPUs of capability >= 8 and on `cpu_has_bf16` CPUs, fp16 on older GPUs, else fp32"
     if precision not in PRECISIONS:
         raise SpecftConfigError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}.")
     device = get_device(device)
@@ -58,7 +63,7 @@ def choose_precision(
         if precision == 'fp16' and device.type == 'cpu':
             raise SpecftConfigError("fp16 needs a CUDA GPU; on the CPU use --precision bf16 or fp32.")
         return precision
-    if device.type != 'cuda': return 'fp32'
+    if device.type != 'cuda': return 'bf16' if device.type == 'cpu' and cpu_has_bf16() else 'fp32'
     major, _ = torch.cuda.get_device_capability(device)
     return 'bf16' if major >= 8 else 'fp16'
 

@@ -58,7 +58,7 @@ class Callback:
     def on_train_end(self, state:TrainState): pass
 
 # %% ../nbs/06_train.ipynb #8bcd89d1
-METRICS = ('macro_f1', 'accuracy', 'loss')
+METRICS = ('macro_f1', 'accuracy', 'loss', 'last')
 
 @dataclass
 class TrainConfig:
@@ -71,13 +71,13 @@ class TrainConfig:
     schedule:str='linear'       # decay after warmup: a `transformers.get_scheduler` name ('linear', 'cosine', 'constant_with_warmup')
     max_grad_norm:float|None=1.0 # clip the gradient norm to this; None: no clipping
     grad_accum:int=1            # batches per optimizer step
-    class_weights:str|torch.Tensor='auto' # 'auto' (inverse frequency), 'none', or a tensor of per-class weights
+    class_weights:str|torch.Tensor='auto' # 'auto' (inverse frequency), 'sqrt' (its square root), 'none', or a tensor
     label_smoothing:float=0.0   # cross-entropy label smoothing
     loss_fn:Callable|None=None  # `loss_fn(logits, labels) -> mean loss`, replaces the cross-entropy
     precision:str='auto'        # 'auto', 'fp32', 'bf16' or 'fp16' (see `specft.core.choose_precision`)
     device:str='auto'           # 'auto', 'cpu' or 'cuda'
     seed:int=0                  # seeds dropout and everything else random in the loop
-    select_metric:str='macro_f1' # validation metric that picks the best epoch: 'macro_f1', 'accuracy' or 'loss'
+    select_metric:str='macro_f1' # what picks the epoch kept: 'macro_f1', 'accuracy', 'loss' (validation) or 'last'
     patience:int|None=None      # stop after this many epochs without a better `select_metric`; None: never
     log_every:int=10            # a train row in history.csv every this many steps
     save_every:int|None=None    # also checkpoint every this many steps (always at each epoch's end)
@@ -187,12 +187,13 @@ def predict_logits(
 def class_weights_from(
     labels,              # training label ids
     num_labels:int,      # number of classes
+    power:float=1.0,     # 1: inverse frequency; 0.5: its square root ('sqrt')
 )->torch.Tensor:         # one weight per class, mean 1
-    "Inverse-frequency class weights (`specft.losses.class_weights`), normalised to mean 1"
-    try: w = class_weights(torch.as_tensor(list(labels)), num_labels)
+    "Inverse-frequency class weights (`specft.losses.class_weights`) to the power `power`, normalised to mean 1"
+    try: w = class_weights(torch.as_tensor(list(labels)), num_labels) ** power
     except SpecftDataError as e:
-        raise SpecftDataError(f"{e} (They come from the training split, for class_weights='auto': check the split, "
-                              "or pass class_weights='none'.)") from None
+        raise SpecftDataError(f"{e} (They come from the training split, for class_weights='auto' or 'sqrt': check "
+                              "the split, or pass class_weights='none'.)") from None
     return w / w.mean()
 
 def train_labels(loader)->list[int]:
@@ -280,16 +281,19 @@ class Trainer:
         c = self.cfg
         if c.select_metric not in METRICS:
             raise SpecftConfigError(f"unknown select_metric '{c.select_metric}'; use one of {', '.join(METRICS)}.")
+        if c.select_metric == 'last' and c.patience is not None:
+            raise SpecftConfigError("patience stops on a validation metric that stops improving; with select_metric='last' "
+                                    "nothing is compared: pick macro_f1, accuracy or loss, or drop patience.")
         if c.grad_accum < 1 or c.epochs < 1 or c.log_every < 1:
             raise SpecftConfigError("epochs, grad_accum and log_every must be at least 1.")
-        if isinstance(c.class_weights, str) and c.class_weights not in ('auto', 'none'):
-            raise SpecftConfigError(f"unknown class_weights '{c.class_weights}'; use auto, none or a tensor.")
+        if isinstance(c.class_weights, str) and c.class_weights not in ('auto', 'sqrt', 'none'):
+            raise SpecftConfigError(f"unknown class_weights '{c.class_weights}'; use auto, sqrt, none or a tensor.")
 
     def _class_weights(self):
         cw = self.cfg.class_weights
         if isinstance(cw, str):
             if cw == 'none' or self.cfg.loss_fn is not None: return None
-            cw = class_weights_from(train_labels(self.train_loader), self.num_labels)
+            cw = class_weights_from(train_labels(self.train_loader), self.num_labels, 0.5 if cw == 'sqrt' else 1.0)
         return torch.as_tensor(cw, dtype=torch.float32, device=self.device)
 
     def _callbacks(self, callbacks):
@@ -395,7 +399,11 @@ Trainer.check_finite = _check_finite
 # %% ../nbs/06_train.ipynb #9f11f08c
 def _is_better(value:float, best:float|None, metric:str)->bool:
     if best is None: return True
-    return value < best if metric == 'loss' else value > best
+    return value < best if metric == 'loss' else value > best   # for 'last' the value is the epoch: always better
+
+def _selected(s:TrainState)->float:
+    "The value `select_metric` compares: a validation metric, or the epoch itself for 'last'"
+    return float(s.epoch) if s.select_metric == 'last' else float(s.metrics[s.select_metric])
 
 def _evaluate(self:Trainer)->dict:
     "Validation loss (plain cross-entropy), accuracy and macro-F1; updates the best epoch and its weights"
@@ -404,8 +412,8 @@ def _evaluate(self:Trainer)->dict:
     s = self.state
     s.metrics = {'loss': F.cross_entropy(logits, y).item(),
                  **compute_metrics(y.tolist(), logits.argmax(-1).tolist(), self.labels)}
-    if _is_better(s.metrics[s.select_metric], s.best_metric, s.select_metric):
-        s.best_metric, s.best_epoch, s.best_metrics = float(s.metrics[s.select_metric]), s.epoch, dict(s.metrics)
+    if _is_better(_selected(s), s.best_metric, s.select_metric):
+        s.best_metric, s.best_epoch, s.best_metrics = _selected(s), s.epoch, dict(s.metrics)
         self.best_weights = {k: v.detach().to('cpu', copy=True) for k, v in self.model.state_dict().items()}
     self.emit('on_evaluate')
     return s.metrics

@@ -192,7 +192,8 @@ class _PanelWidgets(W.VBox):
         self.warmup = W.FloatSlider(value=d['warmup'], min=0, max=0.5, step=0.01, description='warmup share', style=st)
         self.weight_decay = W.FloatSlider(value=d['weight_decay'], min=0, max=0.3, step=0.005, readout_format='.3f',
                                           description='weight decay', style=st)
-        self.class_weights = W.Checkbox(value=d['class_weights'] == 'auto', description='class weights (inverse frequency)')
+        self.class_weights = W.Dropdown(options=[('square root of inverse frequency', 'sqrt'), ('inverse frequency', 'auto'),
+                                                 ('none', 'none')], value=d['class_weights'], description='class weights', style=st)
         self.seed = W.IntText(value=d['seed'], description='seed', style=st)
         self.max_train_rows = W.BoundedIntText(value=d['max_train_rows'] or 0, min=0, max=10**9,
                                                description='train rows (0: all)', style=st)
@@ -436,7 +437,7 @@ class TrainPanel(_RunPart, _DataPart, _PanelWidgets):
         self.train_history, self.val_history = [], []
         self.controls = {k: getattr(self, k) for k in ('model', 'method', 'lr', 'epochs', 'batch_size', 'max_len', 'warmup',
                          'weight_decay', 'class_weights', 'seed', 'max_train_rows', 'device', 'out', 'overwrite')}
-        self.convert = {'model': str.strip, 'class_weights': lambda v: 'auto' if v else 'none',
+        self.convert = {'model': str.strip,
                         'max_train_rows': lambda v: v or None, 'out': lambda v: v.strip() or None,
                         'lr': lambda v: float(f'{v:.2g}'),  # a dragged log slider gives 7.943e-05; the readout says 7.9e-05
                         'warmup': lambda v: round(v, 6), 'weight_decay': lambda v: round(v, 6)}  # float noise of slider steps

@@ -151,3 +151,10 @@ def test_user_file_split_and_resume_refuses_changed_flags(tmp_path, capsys):
     assert code == 2 and '--epochs 5' in err and '(the run has 1)' in err
     code, _, err = call(capsys, 'train', '--resume')
     assert code == 2 and '--resume needs --out' in err
+
+def test_resume_of_a_run_saved_before_select_metric_keeps_its_rule():
+    import dataclasses
+    from specft.pipeline import RunConfig, saved_config
+    saved = dataclasses.asdict(RunConfig()); del saved['select_metric']   # a run.json from before the field
+    assert saved_config(saved).select_metric == 'macro_f1'
+    assert saved_config({**saved, 'select_metric': 'last'}, resume=True).select_metric == 'last'

@@ -184,3 +184,58 @@ def test_minilm_backbone_matches_checkpoint():
     for k, v in sd.items(): assert torch.equal(v, ckpt[k]), k
     assert len(encoder_layers(clf)) == 6 and clf.head.in_features == 384
     assert count_params(clf.backbone)['total'] + sum(v.numel() for k, v in ckpt.items() if k.startswith('pooler.')) == 22_713_216
+
+# --- fast dropout -------------------------------------------------------------------------------------------
+from specft.model import FastDropout, specft_attention, dropout_mask, fast_dropout, use_fast_dropout
+import torch.nn.functional as F
+
+@pytest.mark.parametrize('p', [0.05, 0.1, 0.5, 0.9])
+def test_dropout_mask_keeps_one_minus_p(p):
+    torch.manual_seed(0)
+    keep = dropout_mask(torch.empty(400, 1001), p).float()   # odd size: the last int64 draw is half used
+    n = keep.numel()
+    assert abs(keep.mean().item() - (1 - p)) < 4 * (p * (1 - p) / n) ** 0.5
+    assert keep.shape == (400, 1001)
+
+def test_fast_dropout_same_seed_same_mask_and_statistics_like_torch():
+    x = torch.randn(300, 300)
+    torch.manual_seed(3); a = fast_dropout(x, 0.2)
+    torch.manual_seed(3); b = fast_dropout(x, 0.2)
+    assert torch.equal(a, b)
+    torch.manual_seed(4); c = fast_dropout(x, 0.2)
+    assert not torch.equal(a, c)
+    ref = F.dropout(x, 0.2, True)
+    kept = a != 0
+    assert torch.allclose(a[kept], x[kept] / 0.8)                        # survivors scaled like torch's
+    assert abs(kept.float().mean().item() - (ref != 0).float().mean().item()) < 0.01
+
+def test_fast_dropout_bf16_and_dtype_kept():
+    x = torch.randn(64, 64, dtype=torch.bfloat16)
+    y = fast_dropout(x, 0.1)
+    assert y.dtype == torch.bfloat16 and ((y == 0) | (y != 0)).all()
+
+def test_use_fast_dropout_keeps_modes_and_nested_modules():
+    net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.3), nn.Sequential(nn.Dropout(0.1), nn.ReLU()))
+    net.eval(); net[2].train()
+    use_fast_dropout(net)
+    assert type(net[1]) is FastDropout and type(net[2][0]) is FastDropout
+    assert (net[1].p, net[2][0].p) == (0.3, 0.1)
+    assert not net[1].training and net[2][0].training
+
+def test_attention_with_fast_dropout_matches_definition_under_bf16():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 6, 8) for _ in range(3))
+    mask = torch.ones(2, 1, 6, 6, dtype=torch.bool); mask[0, ..., 4:] = False
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        torch.manual_seed(9); out, _ = specft_attention(nn.Module(), q, k, v, mask, dropout=0.1)
+    w = (q @ k.transpose(2, 3) / 8 ** 0.5).masked_fill(~mask, float('-inf')).softmax(-1)
+    torch.manual_seed(9); w = w * dropout_mask(w, 0.1) / 0.9
+    assert torch.allclose(out.float(), (w @ v).transpose(1, 2), atol=0.05)
+
+def test_classifier_trains_the_same_with_fast_dropout_off_in_eval(tiny):
+    clf, tok = tiny
+    stock, _ = build_classifier('tiny', num_labels=3, seed=0, fast_dropout=False)
+    assert clf.backbone.config._attn_implementation == 'specft'
+    assert stock.backbone.config._attn_implementation == 'sdpa'
+    assert not any(isinstance(m, FastDropout) for m in stock.modules())
+    with torch.no_grad(): assert torch.equal(clf(*encode(tok)), stock(*encode(tok)))

@@ -7,7 +7,7 @@ import pytest
 import torch
 import ipywidgets as W
 import specft.pipeline as pipeline
-from specft.core import SpecftError, SpecftConfigError, choose_precision
+from specft.core import SpecftError, SpecftConfigError, choose_precision, cpu_has_bf16
 from specft.pipeline import RunConfig
 from specft.train import Callback
 from specft.widgets import (TrainPanel, config_defaults, config_to_code, config_to_command, read_head, uploaded_files,
@@ -47,7 +47,7 @@ def test_defaults_are_the_cli_defaults():
     assert (p.lr.value, p.epochs.value, p.batch_size.value, p.max_len.value, p.warmup.value, p.weight_decay.value,
             p.seed.value, p.device.value) == (d['lr'], d['epochs'], d['batch_size'], d['max_len'], d['warmup'],
                                               d['weight_decay'], d['seed'], d['device'])
-    assert p.class_weights.value == (d['class_weights'] == 'auto')
+    assert p.class_weights.value == d['class_weights']
 
 def test_methods_follow_the_pipeline(monkeypatch):
     assert [v for _, v in TrainPanel().method.options] == list(pipeline.METHODS)
@@ -57,7 +57,7 @@ def test_methods_follow_the_pipeline(monkeypatch):
 def test_precision_shown_next_to_the_device():
     p = TrainPanel()
     p.device.value = 'cpu'
-    assert '<b>fp32</b>' in p.precision_info.value
+    assert f"<b>{'bf16' if cpu_has_bf16() else 'fp32'}</b>" in p.precision_info.value
     p.device.value = 'auto'
     assert f"<b>{choose_precision('auto', 'auto')}</b>" in p.precision_info.value
     if not torch.cuda.is_available():
@@ -68,7 +68,7 @@ def test_precision_shown_next_to_the_device():
 
 def test_controls_build_the_config():
     p = tiny_panel()
-    p.class_weights.value, p.lr.value, p.seed.value, p.task.value = False, 3e-5, 7, 'condition'
+    p.class_weights.value, p.lr.value, p.seed.value, p.task.value = 'none', 3e-5, 7, 'condition'
     assert p.config().non_default() == {**TINY, 'class_weights': 'none', 'lr': 3e-5, 'seed': 7, 'task': 'condition'}
     p.max_train_rows.value, p.out.value = 0, '  '
     assert p.config().max_train_rows is None and p.config().out is None
