@@ -17,19 +17,21 @@ import torch
 from specft.core import choose_precision
 from specft.pipeline import RunConfig, run
 
-# Each candidate changes a few settings of RunConfig; everything else stays at the default. MORE adds ablations.
+# Each candidate changes a few settings of RunConfig; everything else stays at the default, except that every
+# candidate keeps the epoch with the best validation macro-F1 (SELECT). MORE adds ablations.
+SELECT = dict(select_metric='macro_f1')
 CANDIDATES = {
-    'plain (cls, lr 5e-5, 4 ep, len 256)': dict(pooling='cls', class_weights='none', lr=5e-5, head_lr_scale=1.0, epochs=4, max_len=256),
-    'mean pooling + class weights': dict(pooling='mean', class_weights='auto', lr=5e-5, head_lr_scale=1.0, epochs=4, max_len=256),
-    'mean + cw + lr 8e-5, head x10, 5 ep, len 320': dict(pooling='mean', class_weights='auto', lr=8e-5, head_lr_scale=10.0, epochs=5, max_len=320),
-    'same, sqrt class weights': dict(pooling='mean', class_weights='sqrt', lr=8e-5, head_lr_scale=10.0, epochs=5, max_len=320),
-    'sqrt cw, lr 5e-5, 8 ep': dict(pooling='mean', class_weights='sqrt', lr=5e-5, head_lr_scale=10.0, epochs=8, max_len=320),
+    'plain (cls, lr 5e-5, 4 ep, len 256)': dict(pooling='cls', class_weights='none', lr=5e-5, head_lr_scale=1.0, epochs=4, max_len=256, **SELECT),
+    'mean pooling + class weights': dict(pooling='mean', class_weights='auto', lr=5e-5, head_lr_scale=1.0, epochs=4, max_len=256, **SELECT),
+    'mean + cw + lr 8e-5, head x10, 5 ep, len 320': dict(pooling='mean', class_weights='auto', lr=8e-5, head_lr_scale=10.0, epochs=5, max_len=320, **SELECT),
+    'same, sqrt class weights': dict(pooling='mean', class_weights='sqrt', lr=8e-5, head_lr_scale=10.0, epochs=5, max_len=320, **SELECT),
+    'sqrt cw, lr 5e-5, 8 ep': dict(pooling='mean', class_weights='sqrt', lr=5e-5, head_lr_scale=10.0, epochs=8, max_len=320, **SELECT),
 }
 MORE = {
-    'plain + class weights': dict(pooling='cls', class_weights='auto', lr=5e-5, head_lr_scale=1.0, epochs=4, max_len=256),
-    'recipe, cls pooling': dict(pooling='cls', class_weights='auto', lr=8e-5, head_lr_scale=10.0, epochs=5, max_len=320),
-    'recipe, no class weights': dict(pooling='mean', class_weights='none', lr=8e-5, head_lr_scale=10.0, epochs=5, max_len=320),
-    'recipe, 8 epochs': dict(pooling='mean', class_weights='auto', lr=8e-5, head_lr_scale=10.0, epochs=8, max_len=320),
+    'plain + class weights': dict(pooling='cls', class_weights='auto', lr=5e-5, head_lr_scale=1.0, epochs=4, max_len=256, **SELECT),
+    'recipe, cls pooling': dict(pooling='cls', class_weights='auto', lr=8e-5, head_lr_scale=10.0, epochs=5, max_len=320, **SELECT),
+    'recipe, no class weights': dict(pooling='mean', class_weights='none', lr=8e-5, head_lr_scale=10.0, epochs=5, max_len=320, **SELECT),
+    'recipe, 8 epochs': dict(pooling='mean', class_weights='auto', lr=8e-5, head_lr_scale=10.0, epochs=8, max_len=320, **SELECT),
 }
 # --precisions: the defaults (whatever RunConfig holds) trained in fp32 and in bf16, for the precision comparison
 PRECISION = {'defaults, fp32': dict(precision='fp32'), 'defaults, bf16': dict(precision='bf16')}

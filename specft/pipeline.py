@@ -21,7 +21,7 @@ from .data import md_table
 
 # %% auto #0
 __all__ = ['PLANNED_METHODS', 'RunConfig', 'check_config', 'default_run_dir', 'saved_config', 'prepare_run_dir', 'data_sha256',
-           'versions', 'git_commit', 'preprocessing_of', 'PreparedData', 'prepare_data', 'RunResult', 'run',
+           'versions', 'git_commit', 'preprocessing_of', 'PreparedData', 'prepare_data', 'RunResult', 'run', 'kept_by',
            'model_card', 'Predictor', 'evaluate_run']
 
 # %% ../nbs/09_pipeline.ipynb #13990aa5
@@ -277,6 +277,10 @@ def _changes(report:dict)->str:
     parts += [f"{n} {kind} masked" for kind, n in report.get('counts', {}).items() if n]
     return ', '.join(parts) or 'nothing to change'
 
+def kept_by(select_metric:str)->str:
+    "How a run with `select_metric` chose the epoch it kept, in words"
+    return 'the last epoch' if select_metric == 'last' else f'the best validation {select_metric}'
+
 def model_card(info:dict, metrics:dict)->str:
     "The text of `card.md` for a run described by `info` (run.json) with test `metrics`"
     c, rep, d = info['config'], info['report'], info['data']
@@ -301,7 +305,7 @@ def model_card(info:dict, metrics:dict)->str:
 ## Settings
 {settings}
 
-## Test metrics (best validation epoch: {metrics['best_epoch']})
+## Test metrics (epoch kept: {metrics['best_epoch']}, {kept_by(c.get('select_metric', 'macro_f1'))})
 {md_table(metrics_table(metrics, metrics['baseline']).round(3).rename_axis('metric').reset_index())}
 
 The baseline is TF-IDF (word 1-2-grams, sublinear tf) with a class-balanced logistic regression, trained on the
