@@ -11,6 +11,7 @@ the best validation macro-F1, accuracy or loss, or simply the last epoch. Writes
 
     python bench/selection.py                 # seeds 0 1 2, the recipes in RECIPES (about 20 minutes in bf16)
     python bench/selection.py --quick         # the tiny model: a smoke test
+    python bench/selection.py --more --out /tmp/more.json   # the exploratory recipes in MORE
 """
 import argparse, dataclasses, json, platform, statistics, sys, tempfile, time
 from pathlib import Path
@@ -25,6 +26,10 @@ RECIPES = {   # the other settings are RunConfig's defaults
     'inverse-frequency weights': dict(class_weights='auto'),
     'square-root weights': dict(class_weights='sqrt'),
     'no class weights': dict(class_weights='none'),
+}
+MORE = {      # explored after the study: lower learning rates, more epochs (not in selection_results.json)
+    'sqrt, lr 4e-5, 8 ep': dict(class_weights='sqrt', lr=4e-5, epochs=8),
+    'sqrt, lr 3e-5, head x30, 8 ep': dict(class_weights='sqrt', lr=3e-5, head_lr_scale=30.0, epochs=8),
 }
 QUICK = {'tiny': dict(model='tiny', epochs=2, max_len=64)}
 RULES = {'val macro_f1': ('macro_f1', max), 'val accuracy': ('accuracy', max), 'val loss': ('loss', min), 'last epoch': (None, None)}
@@ -56,10 +61,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     ap.add_argument('--quick', action='store_true')
+    ap.add_argument('--more', action='store_true', help='run the recipes in MORE instead (give another --out)')
     ap.add_argument('--precision', default='auto', help="'auto' is specft's choice for this machine")
     ap.add_argument('--out', default=str(Path(__file__).with_name('selection_results.json')))
     a = ap.parse_args(argv)
-    recipes = QUICK if a.quick else RECIPES
+    recipes = QUICK if a.quick else MORE if a.more else RECIPES
     precision = choose_precision(a.precision, 'auto')
     res = {'command': 'python bench/selection.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
            'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
