@@ -21,10 +21,10 @@ from .losses import class_weights
 from .evaluate import compute_metrics
 
 # %% auto #0
-__all__ = ['METRICS', 'HISTORY_COLUMNS', 'TrainState', 'Callback', 'TrainConfig', 'HistoryLogger', 'EarlyStopping', 'ProgressBar',
-           'TensorBoardLogger', 'predict_with_labels', 'predict_logits', 'class_weights_from', 'train_labels',
-           'layer_lr_scale', 'optimizer_step', 'Trainer', 'complete_checkpoints', 'latest_checkpoint', 'Checkpointer',
-           'fit']
+__all__ = ['METRICS', 'CLASS_WEIGHT_POWERS', 'HISTORY_COLUMNS', 'TrainState', 'Callback', 'TrainConfig', 'HistoryLogger',
+           'EarlyStopping', 'ProgressBar', 'TensorBoardLogger', 'predict_with_labels', 'predict_logits',
+           'class_weights_from', 'train_labels', 'layer_lr_scale', 'optimizer_step', 'Trainer', 'complete_checkpoints',
+           'latest_checkpoint', 'Checkpointer', 'fit']
 
 # %% ../nbs/06_train.ipynb #422ada09
 @dataclass
@@ -59,6 +59,7 @@ class Callback:
 
 # %% ../nbs/06_train.ipynb #8bcd89d1
 METRICS = ('macro_f1', 'accuracy', 'loss', 'last')
+CLASS_WEIGHT_POWERS = {'auto': 1.0, 'sqrt': 0.5, 'none': None}   # class_weights name -> power of inverse frequency
 
 @dataclass
 class TrainConfig:
@@ -286,14 +287,14 @@ class Trainer:
                                     "nothing is compared: pick macro_f1, accuracy or loss, or drop patience.")
         if c.grad_accum < 1 or c.epochs < 1 or c.log_every < 1:
             raise SpecftConfigError("epochs, grad_accum and log_every must be at least 1.")
-        if isinstance(c.class_weights, str) and c.class_weights not in ('auto', 'sqrt', 'none'):
-            raise SpecftConfigError(f"unknown class_weights '{c.class_weights}'; use auto, sqrt, none or a tensor.")
+        if isinstance(c.class_weights, str) and c.class_weights not in CLASS_WEIGHT_POWERS:
+            raise SpecftConfigError(f"unknown class_weights '{c.class_weights}'; use {', '.join(CLASS_WEIGHT_POWERS)} or a tensor.")
 
     def _class_weights(self):
         cw = self.cfg.class_weights
         if isinstance(cw, str):
             if cw == 'none' or self.cfg.loss_fn is not None: return None
-            cw = class_weights_from(train_labels(self.train_loader), self.num_labels, 0.5 if cw == 'sqrt' else 1.0)
+            cw = class_weights_from(train_labels(self.train_loader), self.num_labels, CLASS_WEIGHT_POWERS[cw])
         return torch.as_tensor(cw, dtype=torch.float32, device=self.device)
 
     def _callbacks(self, callbacks):
