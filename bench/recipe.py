@@ -10,6 +10,7 @@ training rows, in the same run). Writes bench/recipe_results.json; `nbs/09_pipel
     python bench/recipe.py --more                # and the ablations (for a GPU)
     python bench/recipe.py --precisions          # the defaults in fp32 and in bf16 -> bench/precision_results.json
     python bench/recipe.py --quick               # the tiny model, 1 epoch, 2 candidates: a smoke test
+    python bench/recipe.py --only defaults --add # run one candidate again, keeping the others' results
 """
 import argparse, dataclasses, json, platform, statistics, sys, tempfile, time
 from pathlib import Path
@@ -18,14 +19,19 @@ from specft.core import choose_precision
 from specft.pipeline import RunConfig, run
 
 # Each candidate changes a few settings of RunConfig; everything else stays at the default, except that every
-# candidate keeps the epoch with the best validation macro-F1 (SELECT). MORE adds ablations.
-SELECT = dict(select_metric='macro_f1')
+# candidate keeps the epoch with the best validation macro-F1 and trains on plain cross-entropy, as they ran
+# before the logit-adjusted loss existed (SELECT). MORE adds ablations. bench/selection.py compares the later
+# recipes (the logit adjustment, the last epoch) with these.
+SELECT = dict(select_metric='macro_f1', logit_adjust=0.0)
 CANDIDATES = {
     'plain (cls, lr 5e-5, 4 ep, len 256)': dict(pooling='cls', class_weights='none', lr=5e-5, head_lr_scale=1.0, epochs=4, max_len=256, **SELECT),
     'mean pooling + class weights': dict(pooling='mean', class_weights='auto', lr=5e-5, head_lr_scale=1.0, epochs=4, max_len=256, **SELECT),
     'mean + cw + lr 8e-5, head x10, 5 ep, len 320': dict(pooling='mean', class_weights='auto', lr=8e-5, head_lr_scale=10.0, epochs=5, max_len=320, **SELECT),
     'same, sqrt class weights': dict(pooling='mean', class_weights='sqrt', lr=8e-5, head_lr_scale=10.0, epochs=5, max_len=320, **SELECT),
     'sqrt cw, lr 5e-5, 8 ep': dict(pooling='mean', class_weights='sqrt', lr=5e-5, head_lr_scale=10.0, epochs=8, max_len=320, **SELECT),
+    # where bench/selection.py ended up: RunConfig's defaults (this candidate keeps the last epoch)
+    'defaults: logit-adjusted tau 0.5, last epoch': dict(pooling='mean', class_weights='none', logit_adjust=0.5, lr=8e-5,
+                                                          head_lr_scale=10.0, epochs=5, max_len=320, select_metric='last'),
 }
 MORE = {
     'plain + class weights': dict(pooling='cls', class_weights='auto', lr=5e-5, head_lr_scale=1.0, epochs=4, max_len=256, **SELECT),
@@ -57,6 +63,7 @@ def main(argv=None):
     ap.add_argument('--precisions', action='store_true', help='run PRECISION (the defaults in fp32 and bf16) instead')
     ap.add_argument('--precision', default='auto', help="for every candidate; 'auto' is specft's choice for this machine")
     ap.add_argument('--out', default=None, help='default: bench/recipe_results.json, or precision_results.json')
+    ap.add_argument('--add', action='store_true', help='keep the candidates already in --out and add (or redo) these')
     a = ap.parse_args(argv)
     a.out = a.out or str(Path(__file__).with_name('precision_results.json' if a.precisions else 'recipe_results.json'))
     cands = QUICK if a.quick else PRECISION if a.precisions else {**CANDIDATES, **(MORE if a.more else {})}
@@ -64,7 +71,11 @@ def main(argv=None):
     res = {'command': 'python bench/recipe.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
            'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
            'torch': torch.__version__, 'precision': choose_precision(a.precision, 'auto'), 'defaults': dataclasses.asdict(RunConfig()), 'candidates': {}}
-    res['candidates'] = {name: {'settings': over, 'runs': []} for name, over in cands.items()}
+    if a.add and Path(a.out).is_file():
+        old = json.loads(Path(a.out).read_text())
+        res['candidates'] = {k: v for k, v in old['candidates'].items() if k not in cands}
+        res['command'] = f"{old['command']}; {res['command']}"
+    res['candidates'].update({name: {'settings': over, 'runs': []} for name, over in cands.items()})
     with tempfile.TemporaryDirectory() as tmp:
         for seed in a.seeds:              # seed by seed, so a cut-short benchmark still compares every candidate
             for i, (name, over) in enumerate(cands.items()):

@@ -1,17 +1,23 @@
 #!/usr/bin/env python
-"""How much does the choice of epoch matter? Test scores of every epoch, and of each rule that picks one.
+"""Which recipe, and which epoch of it? Test scores of every epoch of each recipe, and of each rule that picks one.
 
-A run keeps the weights of its best epoch by a validation metric (`select_metric`). With 60 validation
-reviews (about 5 of them neutral) that choice is noisy. This study trains recipes over several seeds with
-`specft.pipeline.run` and, at the end of every epoch, also scores the test split. The test scores are
-recorded for the study only and never feed back into the run: the evaluation puts the training mode and
-torch's random state back (iterating a DataLoader draws one number from torch's generator, which would shift
-every later dropout mask), so each run is exactly the run `bench/recipe.py` makes with the same settings. From the same runs it then scores each selection rule: the epoch with
-the best validation macro-F1, accuracy or loss, or simply the last epoch. Writes bench/selection_results.json.
+A run keeps the weights of one epoch, chosen by `select_metric`: the last one, or the best by a validation
+metric. With 60 validation reviews (about 5 of them neutral) a validation-based choice is noisy. This study
+trains the recipes in RECIPES (class weights and the logit-adjusted loss; every other setting is RunConfig's
+default) over several seeds with `specft.pipeline.run` and, at the end of every epoch, also scores the test
+split (accuracy, macro-F1, per-class F1). The test scores are recorded for the study only and never feed back
+into the run: the evaluation puts the training mode and torch's random state back (iterating a DataLoader draws
+one number from torch's generator, which would shift every later dropout mask), so each run is exactly the run
+`specft train` makes with the same settings. From the same runs it then scores each selection rule: the epoch
+with the best validation macro-F1, accuracy or loss, or simply the last epoch. Writes
+bench/selection_results.json; `nbs/09_pipeline.ipynb` reads it and checks that RunConfig's defaults are the
+recipe and rule it finds best.
 
-    python bench/selection.py                 # seeds 0 1 2, the recipes in RECIPES (about 20 minutes in bf16)
+    python bench/selection.py                 # seeds 0 1 2, the recipes in RECIPES (about 35 minutes in bf16)
     python bench/selection.py --quick         # the tiny model: a smoke test
     python bench/selection.py --more --out /tmp/more.json   # the exploratory recipes in MORE
+    python bench/selection.py --only 'tau 0.5' 'no class weights' --seeds 3 4 --out bench/selection_more_seeds.json
+                                              # two recipes, two more seeds (lesson 09 reads it too)
 """
 import argparse, dataclasses, json, platform, statistics, sys, tempfile, time
 from pathlib import Path
@@ -23,15 +29,18 @@ from specft.pipeline import RunConfig, check_config, prepare_data, run
 from specft.train import Callback, predict_logits
 
 RECIPES = {   # the other settings are RunConfig's defaults
-    'inverse-frequency weights': dict(class_weights='auto'),
-    'square-root weights': dict(class_weights='sqrt'),
-    'no class weights': dict(class_weights='none'),
+    'inverse-frequency weights': dict(class_weights='auto', logit_adjust=0.0),
+    'square-root weights': dict(class_weights='sqrt', logit_adjust=0.0),
+    'no class weights': dict(class_weights='none', logit_adjust=0.0),
+    'logit-adjusted, tau 0.25': dict(class_weights='none', logit_adjust=0.25),
+    'logit-adjusted, tau 0.5': dict(class_weights='none', logit_adjust=0.5),
+    'logit-adjusted, tau 1': dict(class_weights='none', logit_adjust=1.0),
 }
 MORE = {      # explored after the study: lower learning rates, more epochs (not in selection_results.json)
-    'sqrt, lr 4e-5, 8 ep': dict(class_weights='sqrt', lr=4e-5, epochs=8),
-    'sqrt, lr 3e-5, head x30, 8 ep': dict(class_weights='sqrt', lr=3e-5, head_lr_scale=30.0, epochs=8),
+    'sqrt, lr 4e-5, 8 ep': dict(class_weights='sqrt', logit_adjust=0.0, lr=4e-5, epochs=8),
+    'sqrt, lr 3e-5, head x30, 8 ep': dict(class_weights='sqrt', logit_adjust=0.0, lr=3e-5, head_lr_scale=30.0, epochs=8),
 }
-QUICK = {'tiny': dict(model='tiny', epochs=2, max_len=64)}
+QUICK = {'tiny': dict(model='tiny', epochs=2, max_len=64, logit_adjust=0.0), 'tiny, tau 0.5': dict(model='tiny', epochs=2, max_len=64, logit_adjust=0.5)}
 RULES = {'val macro_f1': ('macro_f1', max), 'val accuracy': ('accuracy', max), 'val loss': ('loss', min), 'last epoch': (None, None)}
 
 class TestEveryEpoch(Callback):
@@ -48,7 +57,8 @@ class TestEveryEpoch(Callback):
                                     precision=choose_precision(self.cfg.precision, self.cfg.device))
         m = compute_metrics(self.held['y'], logits.argmax(-1).tolist(), self.held['names'])
         self.rows.append({'epoch': s.epoch, 'val': {k: float(s.metrics[k]) for k in ('loss', 'accuracy', 'macro_f1')},
-                          'test': {k: m[k] for k in ('accuracy', 'macro_f1')}})
+                          'test': {**{k: m[k] for k in ('accuracy', 'macro_f1')},
+                                   'f1': {l: v['f1'] for l, v in m['per_class'].items()}}})
 
 def pick(rows, rule):
     "The row (epoch) a selection rule keeps; ties go to the earlier epoch, as in the engine"
@@ -62,10 +72,12 @@ def main(argv=None):
     ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     ap.add_argument('--quick', action='store_true')
     ap.add_argument('--more', action='store_true', help='run the recipes in MORE instead (give another --out)')
+    ap.add_argument('--only', nargs='*', help='run only the recipes whose names contain one of these (give another --out)')
     ap.add_argument('--precision', default='auto', help="'auto' is specft's choice for this machine")
     ap.add_argument('--out', default=str(Path(__file__).with_name('selection_results.json')))
     a = ap.parse_args(argv)
     recipes = QUICK if a.quick else MORE if a.more else RECIPES
+    if a.only: recipes = {k: v for k, v in recipes.items() if any(o in k for o in a.only)}
     precision = choose_precision(a.precision, 'auto')
     res = {'command': 'python bench/selection.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
            'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
@@ -83,12 +95,14 @@ def main(argv=None):
                 cb = TestEveryEpoch(cfg, held)
                 r = run(cfg, callbacks=[cb])
                 kept = next(e for e in cb.rows if e['epoch'] == r.metrics['best_epoch'])
-                assert kept['test'] == {k: r.metrics[k] for k in ('accuracy', 'macro_f1')}, 'the study must see what the run kept'
+                assert {k: kept['test'][k] for k in ('accuracy', 'macro_f1')} == {k: r.metrics[k] for k in ('accuracy', 'macro_f1')}, \
+            'the study must see what the run kept'
                 entry = res['recipes'].setdefault(name, {'settings': over, 'runs': []})
                 entry['runs'].append({'seed': seed, 'seconds': round(time.time() - t0, 1), 'epochs': cb.rows,
                                       'best_epoch': r.metrics['best_epoch'],
                                       'model': {k: r.metrics[k] for k in ('accuracy', 'macro_f1')},
-                                      'baseline': {k: r.baseline[k] for k in ('accuracy', 'macro_f1')}})
+                                      'baseline': {**{k: r.baseline[k] for k in ('accuracy', 'macro_f1')},
+                                                   'f1': {l: v['f1'] for l, v in r.baseline['per_class'].items()}}})
                 print(f"{name} seed {seed}: " + '; '.join(f"ep {e['epoch']} val f1 {e['val']['macro_f1']:.3f} loss "
                       f"{e['val']['loss']:.3f} test {e['test']['accuracy']:.3f}/{e['test']['macro_f1']:.3f}" for e in cb.rows)
                       + f" | baseline {r.baseline['accuracy']:.3f}/{r.baseline['macro_f1']:.3f}", flush=True)

@@ -192,8 +192,10 @@ class _PanelWidgets(W.VBox):
         self.warmup = W.FloatSlider(value=d['warmup'], min=0, max=0.5, step=0.01, description='warmup share', style=st)
         self.weight_decay = W.FloatSlider(value=d['weight_decay'], min=0, max=0.3, step=0.005, readout_format='.3f',
                                           description='weight decay', style=st)
-        self.class_weights = W.Dropdown(options=[('square root of inverse frequency', 'sqrt'), ('inverse frequency', 'auto'),
-                                                 ('none', 'none')], value=d['class_weights'], description='class weights', style=st)
+        self.class_weights = W.Dropdown(options=[('none', 'none'), ('square root of inverse frequency', 'sqrt'),
+                                                 ('inverse frequency', 'auto')], value=d['class_weights'], description='class weights', style=st)
+        self.logit_adjust = W.FloatSlider(value=d['logit_adjust'], min=0, max=max(1.0, d['logit_adjust']), step=0.05,
+                                          description='logit adjustment', style=st)
         self.seed = W.IntText(value=d['seed'], description='seed', style=st)
         self.max_train_rows = W.BoundedIntText(value=d['max_train_rows'] or 0, min=0, max=10**9,
                                                description='train rows (0: all)', style=st)
@@ -214,7 +216,7 @@ class _PanelWidgets(W.VBox):
                             self.preview_btn, self.preview_out]),
             'Model': W.VBox([self.model, self.method]),
             'Training': W.VBox([self.lr, self.epochs, self.batch_size, self.max_len, self.warmup, self.weight_decay,
-                                self.class_weights, self.seed, self.max_train_rows,
+                                self.class_weights, self.logit_adjust, self.seed, self.max_train_rows,
                                 W.HBox([self.device, self.precision_info]), self.out, self.overwrite])}
         tabs = W.Tab(children=list(self.tabs.values()))
         for i, t in enumerate(self.tabs): tabs.set_title(i, t)  # `titles=` is ipywidgets 8 only
@@ -436,11 +438,13 @@ class TrainPanel(_RunPart, _DataPart, _PanelWidgets):
         self.preview_rows = self.label_counts = None  # what the preview shows, as DataFrames
         self.train_history, self.val_history = [], []
         self.controls = {k: getattr(self, k) for k in ('model', 'method', 'lr', 'epochs', 'batch_size', 'max_len', 'warmup',
-                         'weight_decay', 'class_weights', 'seed', 'max_train_rows', 'device', 'out', 'overwrite')}
+                         'weight_decay', 'class_weights', 'logit_adjust', 'seed', 'max_train_rows', 'device', 'out',
+                         'overwrite')}
         self.convert = {'model': str.strip,
                         'max_train_rows': lambda v: v or None, 'out': lambda v: v.strip() or None,
                         'lr': lambda v: float(f'{v:.2g}'),  # a dragged log slider gives 7.943e-05; the readout says 7.9e-05
-                        'warmup': lambda v: round(v, 6), 'weight_decay': lambda v: round(v, 6)}  # float noise of slider steps
+                        'warmup': lambda v: round(v, 6), 'weight_decay': lambda v: round(v, 6),  # float noise of slider steps
+                        'logit_adjust': lambda v: round(v, 6)}
         for b, f in ((self.start_btn, self.start), (self.stop_btn, self.stop), (self.code_btn, self.show_code),
                      (self.preview_btn, self.preview)): b.on_click(lambda _, f=f: f())
         for w, f in ((self.source, self._on_source), (self.task, self.preview), (self.path, self.preview),

@@ -132,6 +132,8 @@ def test_drop_empty_flag_drops_and_reports(tmp_path, capsys):
 def test_bad_flags(tmp_path, capsys):
     code, _, err = call(capsys, 'train', *TINY, '--method', 'lora', '--out', str(tmp_path/'r'))
     assert code == 2 and 'not built yet' in err
+    code, _, err = call(capsys, 'train', *TINY, '--logit-adjust', '-1', '--out', str(tmp_path/'r'))
+    assert code == 2 and '--logit-adjust must be a number >= 0' in err and not (tmp_path/'r').exists()
     with pytest.raises(SystemExit) as e: main(['train', '--epochs', 'many'])
     assert e.value.code == 2
     code, _, err = call(capsys, 'predict', str(tmp_path/'no-run'), 'hello')
@@ -152,9 +154,11 @@ def test_user_file_split_and_resume_refuses_changed_flags(tmp_path, capsys):
     code, _, err = call(capsys, 'train', '--resume')
     assert code == 2 and '--resume needs --out' in err
 
-def test_resume_of_a_run_saved_before_select_metric_keeps_its_rule():
+def test_resume_of_a_run_saved_before_select_metric_or_logit_adjust_keeps_its_behaviour():
     import dataclasses
     from specft.pipeline import RunConfig, saved_config
     saved = dataclasses.asdict(RunConfig()); del saved['select_metric']   # a run.json from before the field
     assert saved_config(saved).select_metric == 'macro_f1'
+    del saved['logit_adjust']                                               # nor the logit adjustment: plain cross-entropy
+    assert saved_config(saved).logit_adjust == 0.0
     assert saved_config({**saved, 'select_metric': 'last'}, resume=True).select_metric == 'last'

@@ -176,6 +176,23 @@ def test_class_weights_auto_values():
     assert torch.allclose(t.weight, ((1 / counts) / (1 / counts).mean()).float())
     assert Trainer(model(), tl, None, cfg(class_weights='none')).weight is None
 
+def test_logit_adjusted_loss_shifts_by_tau_log_prior_and_favours_rare_classes():
+    ids, y = data(40); tl = make_loader(ids, y, 8, 0, shuffle=True)
+    prior = torch.bincount(torch.tensor(y), minlength=3).float() / len(y)
+    t = Trainer(model(), tl, None, cfg(logit_adjust=0.5, class_weights='none'))
+    assert torch.allclose(t.shift, 0.5 * prior.log()) and prior.min() < 0.3   # the toy data is imbalanced
+    z, yb = torch.randn(8, 3), torch.tensor(y[:8])
+    assert torch.allclose(t._loss(z, yb, 8), torch.nn.functional.cross_entropy(z + 0.5 * prior.log(), yb))
+    assert Trainer(model(), tl, None, cfg(class_weights='none')).shift is None      # tau 0: plain cross-entropy
+    # The same run with and without the adjustment: the adjusted model puts more probability on the rarest class
+    rare = int(prior.argmin()); vl = make_loader(ids, y, 8, 0)
+    plain, adjusted = model(dropout=False), model(dropout=False)
+    fit(plain, tl, None, cfg(class_weights='none', epochs=3))
+    fit(adjusted, tl, None, cfg(class_weights='none', epochs=3, logit_adjust=1.0))
+    p = lambda m: predict_logits(m, vl).softmax(-1)[:, rare].mean()
+    assert p(adjusted) > p(plain)
+    with pytest.raises(SpecftConfigError, match='logit_adjust'): Trainer(model(), tl, None, cfg(logit_adjust=-0.1))
+
 class SkippingScaler:
     "Stands in for a GradScaler that found inf gradients: it skips the step and halves the scale"
     def __init__(self): self.scale, self.steps = 2.0 ** 16, 0

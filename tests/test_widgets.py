@@ -47,7 +47,7 @@ def test_defaults_are_the_cli_defaults():
     assert (p.lr.value, p.epochs.value, p.batch_size.value, p.max_len.value, p.warmup.value, p.weight_decay.value,
             p.seed.value, p.device.value) == (d['lr'], d['epochs'], d['batch_size'], d['max_len'], d['warmup'],
                                               d['weight_decay'], d['seed'], d['device'])
-    assert p.class_weights.value == d['class_weights']
+    assert (p.class_weights.value, p.logit_adjust.value) == (d['class_weights'], d['logit_adjust'])
 
 def test_methods_follow_the_pipeline(monkeypatch):
     assert [v for _, v in TrainPanel().method.options] == list(pipeline.METHODS)
@@ -68,8 +68,9 @@ def test_precision_shown_next_to_the_device():
 
 def test_controls_build_the_config():
     p = tiny_panel()
-    p.class_weights.value, p.lr.value, p.seed.value, p.task.value = 'none', 3e-5, 7, 'condition'
-    assert p.config().non_default() == {**TINY, 'class_weights': 'none', 'lr': 3e-5, 'seed': 7, 'task': 'condition'}
+    p.class_weights.value, p.logit_adjust.value, p.lr.value, p.seed.value, p.task.value = 'sqrt', 0.1 + 0.2, 3e-5, 7, 'condition'
+    assert p.config().non_default() == {**TINY, 'class_weights': 'sqrt', 'logit_adjust': 0.3, 'lr': 3e-5, 'seed': 7,
+                                        'task': 'condition'}
     p.max_train_rows.value, p.out.value = 0, '  '
     assert p.config().max_train_rows is None and p.config().out is None
     p.lr.value, p.warmup.value = 10**-4.1, 0.1 + 0.05  # what dragging a slider gives: 7.943e-05, 0.15000000000000002
