@@ -287,7 +287,7 @@ def kept_by(select_metric:str)->str:
 
 def _adjusted_note(c:dict)->str:
     "The card's line on a logit-adjusted model's probabilities (none for plain cross-entropy)"
-    tau = c.get('logit_adjust', 0.0)
+    tau = c['logit_adjust']
     if not tau: return ''
     return (f"\n- Trained with the logit-adjusted loss (tau = {tau}): the model leans towards rare labels by design, so its "
             "probabilities are not the label frequencies of the training data. Retrain with `--logit-adjust 0` for those.")
@@ -316,7 +316,7 @@ def model_card(info:dict, metrics:dict)->str:
 ## Settings
 {settings}
 
-## Test metrics (epoch kept: {metrics['best_epoch']}, {kept_by(c.get('select_metric', 'macro_f1'))})
+## Test metrics (epoch kept: {metrics['best_epoch']}, {kept_by(c['select_metric'])})
 {md_table(metrics_table(metrics, metrics['baseline']).round(3).rename_axis('metric').reset_index())}
 
 The baseline is TF-IDF (word 1-2-grams, sublinear tf) with a class-balanced logistic regression, trained on the

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #035d6bb5
 from __future__ import annotations
-import csv, json, math, os, random, shutil, warnings
+import csv, functools, json, math, os, random, shutil, warnings
 from dataclasses import dataclass, field, asdict
 from itertools import islice
 from pathlib import Path
@@ -310,13 +310,18 @@ class Trainer:
         cw = self.cfg.class_weights
         if isinstance(cw, str):
             if cw == 'none' or self.cfg.loss_fn is not None: return None
-            cw = class_weights_from(train_labels(self.train_loader), self.num_labels, CLASS_WEIGHT_POWERS[cw])
+            cw = class_weights_from(self.train_label_ids, self.num_labels, CLASS_WEIGHT_POWERS[cw])
         return torch.as_tensor(cw, dtype=torch.float32, device=self.device)
 
     def _logit_shift(self):
         tau = self.cfg.logit_adjust
         if not tau or self.cfg.loss_fn is not None: return None
-        return (tau * class_prior(train_labels(self.train_loader), self.num_labels).log()).to(self.device)
+        return (tau * class_prior(self.train_label_ids, self.num_labels).log()).to(self.device)
+
+    @functools.cached_property
+    def train_label_ids(self)->list[int]:
+        "The training labels, read once (for class weights and the logit shift)"
+        return train_labels(self.train_loader)
 
     def _callbacks(self, callbacks):
         cbs = list(callbacks); have = lambda t: any(isinstance(c, t) for c in cbs)
