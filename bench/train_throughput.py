@@ -18,8 +18,10 @@ same process, and reports specft's share of that peak. Every run is then validat
 (cross-entropy and macro-F1 on the validation split). The rounds alternate the order of the runs and the
 median is reported: this machine is shared and noisy.
 
-Usage: python bench/train_throughput.py [--precision fp32|bf16] [--repeats 3] [--threads N]
-(the default precision is specft's own choice for this CPU: bf16 where it has bf16 instructions, else fp32)
+Usage: python bench/train_throughput.py [--precision fp32|bf16] [--repeats 3] [--threads N] [--device cpu|cuda]
+(the default precision is specft's own choice for the device: on the CPU bf16 where it has bf16 instructions,
+else fp32; on a GPU bf16 from compute capability 8). On a GPU the clocks synchronise the device at each step
+and the peak is that GPU's matrix-multiply peak in the same precision.
 """
 import argparse, math, os, platform, sys, tempfile, time, warnings
 import numpy as np
@@ -29,24 +31,32 @@ import torch.nn.functional as F
 def parse():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     from specft.core import choose_precision
-    ap.add_argument('--precision', default=choose_precision('auto', 'cpu'), choices=['fp32', 'bf16'])
+    ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    ap.add_argument('--precision', default=None, choices=['fp32', 'bf16'], help="default: specft's choice for the device")
     ap.add_argument('--repeats', type=int, default=3, help='rounds of the runs; the median is reported')
     ap.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: this process's cores)")
     ap.add_argument('--batch-size', type=int, default=16)
     ap.add_argument('--max-len', type=int, default=256)
     ap.add_argument('--lr', type=float, default=5e-5)
     ap.add_argument('--max-rows', type=int, default=None, help='train on the first N rows only (a smoke test)')
-    return ap.parse_args()
+    a = ap.parse_args()
+    a.precision = a.precision or choose_precision('auto', a.device)
+    return a
 
-def matmul_peak(dtype, n=2048, reps=8)->float:
-    "The best FLOP/s of n x n matrix products in `dtype` over three rounds"
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+def sync(device:str):
+    "Wait for the device's queued work, so that a clock reads finished work"
+    if device == 'cuda': torch.cuda.synchronize()
+
+def matmul_peak(dtype, n=2048, reps=8, device='cpu')->float:
+    "The best FLOP/s of n x n matrix products in `dtype` on `device` over three rounds"
+    if device == 'cuda': n, reps = 8192, 20
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     for _ in range(2): a @ b
     best = 0.0
     for _ in range(3):
-        t = time.perf_counter()
+        sync(device); t = time.perf_counter()
         for _ in range(reps): a @ b
-        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t))
+        sync(device); best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t))
     return best
 
 def prepare(max_len):
@@ -76,12 +86,12 @@ def linear_weights(model)->int:
 def attention_flops(cfg, lengths)->float:
     return sum(12 * cfg.num_hidden_layers * T * T * cfg.hidden_size for T in lengths)
 
-def validate(model, ids, y, pad_id)->dict:
+def validate(model, ids, y, pad_id, device='cpu')->dict:
     "Validation cross-entropy and macro-F1 of `model` (logits from `forward(input_ids, attention_mask)`)"
     from specft.data import make_loader
     from specft.train import predict_logits
     from specft.evaluate import compute_metrics
-    logits = predict_logits(model, make_loader(ids, None, 32, pad_id), device='cpu')
+    logits = predict_logits(model, make_loader(ids, None, 32, pad_id), device=device).float().cpu()
     m = compute_metrics(y, logits.argmax(-1).tolist(), ['negative', 'neutral', 'positive'])
     return dict(val_loss=F.cross_entropy(logits, torch.tensor(y)).item(), val_macro_f1=m['macro_f1'])
 
@@ -93,12 +103,12 @@ def run_specft(a, tok, train, val, precision, fast_dropout=True):
     times = {}
     class Clock(Callback):
         def on_train_begin(self, s): times['t0'] = time.perf_counter()
-        def on_step_end(self, s): times['t1'] = time.perf_counter()
+        def on_step_end(self, s): sync(a.device); times['t1'] = time.perf_counter()
     dl = make_loader(*train, a.batch_size, tok.pad_token_id, shuffle=True, seed=0)
     vdl = make_loader(*val, 32, tok.pad_token_id)
-    s = fit(model, dl, vdl, TrainConfig(epochs=1, lr=a.lr, precision=precision, device='cpu', seed=0), [Clock()])
+    s = fit(model, dl, vdl, TrainConfig(epochs=1, lr=a.lr, precision=precision, device=a.device, seed=0), [Clock()])
     padded = sum(max(len(train[0][i]) for i in b) * len(b) for b in dl.batch_sampler)
-    return times['t1'] - times['t0'], s.step, padded, model, validate(model, *val, tok.pad_token_id)
+    return times['t1'] - times['t0'], s.step, padded, model, validate(model, *val, tok.pad_token_id, a.device)
 
 class HFLogits(torch.nn.Module):
     "A transformers sequence classifier as `forward(input_ids, attention_mask) -> logits`"
@@ -116,18 +126,18 @@ def run_hf(a, tok, train, val, precision, strategy):
     times, steps, padded = {}, [0], [0]
     class Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw): times['t0'] = time.perf_counter()
-        def on_step_end(self, args, state, control, **kw): times['t1'] = time.perf_counter(); steps[0] += 1
+        def on_step_end(self, args, state, control, **kw): sync(a.device); times['t1'] = time.perf_counter(); steps[0] += 1
     collate = DataCollatorWithPadding(tok)
     def counting(features):
         b = collate(features); padded[0] += b['input_ids'].numel(); return b
     with tempfile.TemporaryDirectory() as d:
         args = TrainingArguments(output_dir=d, per_device_train_batch_size=a.batch_size, learning_rate=a.lr,
-                                 num_train_epochs=1, seed=0, bf16=precision == 'bf16', use_cpu=True,
+                                 num_train_epochs=1, seed=0, bf16=precision == 'bf16', use_cpu=a.device == 'cpu',
                                  report_to='none', save_strategy='no', disable_tqdm=True,
                                  train_sampling_strategy=strategy)
         Trainer(model=model, args=args, train_dataset=ds, data_collator=counting, processing_class=tok,
                 callbacks=[Clock()]).train()
-    return times['t1'] - times['t0'], steps[0], padded[0], model, validate(HFLogits(model), *val, tok.pad_token_id)
+    return times['t1'] - times['t0'], steps[0], padded[0], model, validate(HFLogits(model), *val, tok.pad_token_id, a.device)
 
 def main():
     a = parse()
@@ -140,13 +150,16 @@ def main():
           f"{torch.get_num_threads()} torch threads; torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"# data: {len(lengths)} training reviews, {real} real tokens (max_len {a.max_len}); "
           f"{len(val[0])} validation reviews; batch {a.batch_size}, lr {a.lr}, 1 epoch, precision {a.precision}")
-    peak = {'fp32': matmul_peak(torch.float32)}
-    if a.precision == 'bf16': peak['bf16'] = matmul_peak(torch.bfloat16)
-    print('# matmul peak (2048^3):', ', '.join(f'{k} {v / 1e9:.0f} GFLOP/s' for k, v in peak.items()))
+    if a.device == 'cuda': print(f"# GPU: {torch.cuda.get_device_name()} (compute capability {torch.cuda.get_device_capability()})")
+    peak = {'fp32': matmul_peak(torch.float32, device=a.device)}
+    if a.precision == 'bf16': peak['bf16'] = matmul_peak(torch.bfloat16, device=a.device)
+    print(f"# matmul peak ({'8192' if a.device == 'cuda' else '2048'}^3):", ', '.join(f'{k} {v / 1e9:.0f} GFLOP/s' for k, v in peak.items()))
     runs = {'specft': lambda: run_specft(a, tok, train, val, a.precision),
             'hf_default': lambda: run_hf(a, tok, train, val, a.precision, 'random'),
             'hf_grouped': lambda: run_hf(a, tok, train, val, a.precision, 'group_by_length'),
             'specft_stock_dropout': lambda: run_specft(a, tok, train, val, a.precision, fast_dropout=False)}
+    if a.device == 'cuda':   # CUDA's context, cuBLAS handles and kernels load on first use: pay that before the clocks
+        run_specft(a, tok, (train[0][:64], train[1][:64]), val, a.precision)
     res = {k: [] for k in runs}
     for r in range(a.repeats):
         for name, fn in (list(runs.items()) if r % 2 == 0 else list(runs.items())[::-1]):   # alternate the order against drift

@@ -157,12 +157,12 @@ def _loader_order(loader)->list[int]|None:
 def predict_with_labels(
     model:torch.nn.Module,         # `model(input_ids, attention_mask) -> logits`
     loader,                        # yields dicts of input_ids, attention_mask (and labels)
-    device:str|torch.device='auto',
+    device:str|torch.device='auto', # where to run; the model is moved there ('auto': CUDA when present)
     precision:str='fp32',          # 'auto', 'fp32', 'bf16' or 'fp16'
 )->tuple[torch.Tensor, torch.Tensor|None]: # float32 logits [N, C] on the CPU and the labels (or None), in dataset order
     "Logits and labels for every row of `loader`, in the order of its dataset"
     device = get_device(device); dt = autocast_dtype(choose_precision(precision, device))
-    was_training = model.training; model.eval()
+    model.to(device); was_training = model.training; model.eval()
     logits, ys = [], []
     with torch.inference_mode(), torch.autocast(device.type, dtype=dt, enabled=dt is not None):
         for b in loader:

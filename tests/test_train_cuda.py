@@ -82,3 +82,13 @@ def test_resume_on_cuda(tmp_path):
     diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(ref.state_dict().values(), m.state_dict().values()))
     print('max |resumed - uninterrupted| on CUDA:', diff)
     assert diff < 1e-4
+
+def test_predict_moves_a_cpu_model_to_the_gpu():
+    "predict_logits with device 'auto' runs a model that is still on the CPU (a fresh or reloaded one) on the GPU"
+    from specft.train import predict_logits
+    m = model(dropout=False).eval()
+    _, vl = loaders()
+    cpu = predict_logits(m, vl, device='cpu')
+    gpu = predict_logits(m, vl)
+    assert next(m.parameters()).is_cuda and gpu.shape == cpu.shape
+    torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=1e-4)
