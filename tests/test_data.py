@@ -4,10 +4,11 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 from sklearn.model_selection import train_test_split
 from specft.core import SpecftDataError, SpecftConfigError
-from specft.data import (DRUG_REVIEWS_CITATION, DRUG_REVIEW_THESAURUS, BucketBatchSampler, Corpus, LabelMap, augment_frame,
-                         clean_frame, clean_text, decode_bytes, encode_texts, find_leaks, jaccard, length_stats, load_corpus,
-                         make_loader, near_duplicates, padding_stats, prepare_corpus, preprocess_texts, preprocessing_settings,
-                         rating_to_sentiment, shingles, split_corpus, token_lengths, check_data_path, hub_dataset_name)
+from specft.corpus import DRUG_REVIEWS_CITATION, Corpus, decode_bytes, load_corpus, rating_to_sentiment, check_data_path, hub_dataset_name
+from specft.clean import clean_frame, clean_text, jaccard, near_duplicates, prepare_corpus, preprocess_texts, preprocessing_settings, shingles
+from specft.split import LabelMap, find_leaks, split_corpus
+from specft.batch import BucketBatchSampler, encode_texts, length_stats, make_loader, padding_stats, token_lengths
+from specft.augment import DRUG_REVIEW_THESAURUS, augment_frame
 
 def rows(n:int)->str:
     "n csv rows of distinct texts, alternating two labels"
@@ -87,7 +88,7 @@ def test_local_data_dir_of_csv_files(tmp_path):
     assert len(c.train) == 16 and len(c.test) == 2
 
 def test_hub_offline_fails_clearly(tmp_path):
-    code = ("from specft.data import load_corpus\n"
+    code = ("from specft.corpus import load_corpus\n"
             "try: load_corpus('hf:someone/surely-not-cached-dataset')\n"
             "except Exception as e: print(type(e).__name__, '|', e)\n")
     env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'HF_HOME': str(tmp_path/'hf')}
