@@ -16,7 +16,7 @@ from . import privacy
 # %% auto #0
 __all__ = ['CLEAN_STEPS', 'DEFAULT_CLEANING', 'unescape_html', 'strip_wrapping_quotes', 'drop_control_chars', 'nfkc',
            'collapse_whitespace', 'clean_text', 'dedup_key', 'shingles', 'jaccard', 'minhash', 'lsh_candidates',
-           'near_duplicates', 'cleaning_settings', 'cut_text', 'CleaningReport', 'clean_frame',
+           'lsh_bands', 'near_duplicates', 'cleaning_settings', 'cut_text', 'CleaningReport', 'clean_frame',
            'preprocessing_settings', 'preprocess_texts', 'PrepReport', 'prepare_corpus']
 
 # %% ../nbs/03b_clean.ipynb #1fd4ac2f
@@ -118,6 +118,16 @@ def lsh_candidates(
     return pairs
 
 # %% ../nbs/03b_clean.ipynb #b5612c14
+def lsh_bands(
+    threshold:float,     # the Jaccard similarity that must become a candidate
+    num_perm:int=64,     # signature length m
+    recall:float=0.999,  # the least chance that a pair at `threshold` becomes a candidate
+)->int|None:             # b, the number of bands; None: no banding reaches `recall`, so every pair is compared
+    "The fewest bands b (the longest: fewest false candidates) with 1 - (1 - threshold^r)^b >= recall, r = m / b"
+    for b in (d for d in range(1, num_perm + 1) if num_perm % d == 0):
+        if 1 - (1 - threshold ** (num_perm // b)) ** b >= recall: return b
+    return None
+
 def near_duplicates(
     texts:list[str],          # texts to search (e.g. training texts)
     threshold:float=0.8,      # Jaccard similarity from which two texts count as near-duplicates
@@ -128,11 +138,13 @@ def near_duplicates(
     sets = [shingles(t, k) for t in texts]
     qsets = sets if query is None else [shingles(t, k) for t in query]
     sig = minhash(sets)
-    cands = lsh_candidates(sig, query=None if query is None else minhash(qsets))
+    bands = lsh_bands(threshold, sig.shape[1])
+    if bands is None: cands = {(i, j) for i in range(len(qsets)) for j in range(len(sets)) if query is not None or i < j}
+    else: cands = lsh_candidates(sig, bands, query=None if query is None else minhash(qsets))
     out = []
     for i, j in sorted(cands):
         a, b = qsets[i], sets[j]
-        if min(len(a), len(b)) < threshold * max(len(a), len(b)): continue  # length prefilter
+        if min(len(a), len(b)) / max(len(a), len(b)) < threshold: continue  # length prefilter: J <= min/max
         if (sim := jaccard(a, b)) >= threshold: out.append((i, j, round(sim, 4)))
     return out
 
@@ -207,26 +219,21 @@ def _clean_texts(texts:list[str], s:dict)->tuple[list[str], dict]:
 def _duplicate_groups(
     texts:list[str],        # cleaned texts
     threshold:float|None,   # near-duplicate Jaccard threshold; None: exact duplicates only
-)->list[list[tuple]]:       # per group: (index, kind, index of the text it copies, similarity); the first is kept
-    "Groups of exact (same `dedup_key`) and near-duplicate texts, in input order"
+)->list[list[tuple]]:       # per group: (index, kind, index of the kept text it copies, similarity); the kept text first
+    "Groups of exact (same `dedup_key`) and near-duplicate texts, each led by the text it keeps, in input order"
     first, exact = {}, defaultdict(list)
     for i, t in enumerate(texts): exact[first.setdefault(dedup_key(t), i)].append(i)
-    reps = sorted(exact)
-    root, best = {r: r for r in reps}, {}
-    def find(x):
-        while root[x] != x: x = root[x]
-        return x
+    reps = sorted(exact)                   # the first text of each distinct key, in input order
+    near = defaultdict(dict)               # rep -> {earlier rep: similarity}
     if threshold is not None and len(reps) > 1:
-        for i, j, sim in near_duplicates([texts[r] for r in reps], threshold):
-            a, b = reps[i], reps[j]            # a < b: b is the later text
-            ra, rb = sorted((find(a), find(b)))
-            if ra != rb: root[rb] = ra          # the root of a group is its first text
-            if sim > best.get(b, (0, None))[0]: best[b] = (sim, a)
-    groups = defaultdict(list)
+        for i, j, sim in near_duplicates([texts[r] for r in reps], threshold): near[reps[j]][reps[i]] = sim
+    groups = {}                            # kept rep -> its group
     for r in reps:
-        R = find(r)
-        groups[R].append((r, 'kept', None, 1.0) if r == R else (r, 'near_duplicate', best[r][1], best[r][0]))
-        groups[R] += [(i, 'duplicate', r, 1.0) for i in exact[r][1:]]
+        kept = {k: s for k, s in near[r].items() if k in groups}
+        if kept:                           # r nearly copies a kept text: it joins the most similar (the first, on a tie)
+            k = max(kept, key=lambda k: (kept[k], -k))
+            groups[k] += [(i, 'near_duplicate', k, kept[k]) for i in exact[r]]
+        else: groups[r] = [(r, 'kept', None, 1.0)] + [(i, 'duplicate', r, 1.0) for i in exact[r][1:]]
     return [sorted(g) for g in groups.values() if len(g) > 1]
 
 # %% ../nbs/03b_clean.ipynb #5906de32

@@ -13,10 +13,10 @@ import pandas as pd
 from .core import SpecftDataError, SpecftConfigError
 
 # %% auto #0
-__all__ = ['DRUG_REVIEWS_CITATION', 'DRUG_REVIEWS_PIP', 'SENTIMENT_THRESHOLDS', 'JUNK_CONDITION', 'TEXT_SUFFIXES', 'BINARY_MAGIC',
-           'drug_reviews_path', 'read_drug_reviews', 'rating_to_sentiment', 'top_conditions', 'condition_frame',
-           'Corpus', 'load_drug_reviews', 'decode_bytes', 'check_data_path', 'read_table', 'normalise_labels',
-           'make_frame', 'hub_dataset_name', 'load_corpus']
+__all__ = ['DRUG_REVIEWS_CITATION', 'DRUG_REVIEWS_PIP', 'SENTIMENT_THRESHOLDS', 'JUNK_CONDITION', 'DELIMITERS', 'TEXT_SUFFIXES',
+           'BINARY_MAGIC', 'drug_reviews_path', 'read_drug_reviews', 'rating_to_sentiment', 'top_conditions',
+           'condition_frame', 'Corpus', 'load_drug_reviews', 'decode_bytes', 'sniff_delimiter', 'check_data_path',
+           'read_table', 'normalise_labels', 'make_frame', 'hub_dataset_name', 'load_corpus']
 
 # %% ../nbs/03a_corpus.ipynb #76162d8a
 DRUG_REVIEWS_CITATION = (
@@ -188,6 +188,52 @@ def decode_bytes(
         warnings.warn(f"{where} starts with a {enc.upper()} byte-order mark; it was read with encoding='{enc}'.", stacklevel=3)
     return text, enc
 
+# %% ../nbs/03a_corpus.ipynb #04852704
+DELIMITERS = {',': 'comma', '\t': 'tab', ';': 'semicolon', '|': 'pipe'}
+
+def _records(
+    text:str,             # a decoded delimited file
+    sep:str,              # the delimiter
+    limit:int|None=None,  # stop after this many records
+)->list[tuple[int, int]]|None: # (first line, number of fields) per non-blank record; None if csv cannot parse it
+    "The line and field count of each record of `text`, skipping blank lines as pandas does"
+    reader, out, line = csv.reader(io.StringIO(text, newline=''), delimiter=sep), [], 1
+    try:
+        for rec in reader:
+            if len(rec) > 1 or ''.join(rec).strip(): out.append((line, len(rec)))
+            line = reader.line_num + 1
+            if limit and len(out) >= limit: break
+    except csv.Error: return None
+    return out
+
+def sniff_delimiter(
+    text:str,       # a decoded delimited file
+    default:str,    # the delimiter its suffix implies
+    sample:int=50,  # how many records to look at
+)->str:             # the delimiter to read it with
+    "`default`, unless the header does not split on it and another of `DELIMITERS` splits most sampled lines alike"
+    head = _records(text, default, sample)
+    if head is not None and head and head[0][1] > 1: return default
+    best, share = default, 0.5
+    for sep in DELIMITERS:
+        recs = None if sep == default else _records(text, sep, sample)
+        if not recs or recs[0][1] < 2: continue
+        s = sum(n == recs[0][1] for _, n in recs) / len(recs)
+        if s > share: best, share = sep, s
+    return best
+
+def _check_ragged(text:str, sep:str, where:str):
+    "Fail, naming rows and lines, if a record of `text` has more fields than its header"
+    recs = _records(text, sep)
+    if not recs: return
+    n = recs[0][1]
+    long = [(k, line, f) for k, (line, f) in enumerate(recs[1:], 1) if f > n]
+    if not long: return
+    what = '; '.join(f'row {k} (line {line}) has {f}' for k, line, f in long[:5]) + (f'; {len(long) - 5} more rows too' if len(long) > 5 else '')
+    raise SpecftDataError(f"{where} has {len(long)} row{'s' * (len(long) > 1)} with more fields than its header's {n}: {what}. "
+                          f"A text that contains the delimiter ({DELIMITERS.get(sep, 'separator')} {sep!r}) must be quoted, "
+                          f'as in "Great{sep} it works"; or remove the extra fields.')
+
 # %% ../nbs/03a_corpus.ipynb #15c4bcbc
 TEXT_SUFFIXES = {'.csv': ',', '.tsv': '\t', '.tab': '\t', '.txt': '\t', '.jsonl': None, '.json': None, '.ndjson': None}
 BINARY_MAGIC = {b'PK\x03\x04': 'a zip archive (an .xlsx or .zip?)', b'%PDF': 'a PDF', b'PAR1': 'a parquet file',
@@ -250,7 +296,13 @@ def read_table(
         text, info['encoding'] = decode_bytes(raw, where, encoding)
         if TEXT_SUFFIXES[suffix] is None: df = _read_jsonl(text, where)
         else:
-            try: df = pd.read_csv(io.StringIO(text), sep=TEXT_SUFFIXES[suffix], dtype=str, keep_default_na=True)
+            sep = sniff_delimiter(text, TEXT_SUFFIXES[suffix])
+            if sep != TEXT_SUFFIXES[suffix]:
+                info['delimiter'] = sep
+                warnings.warn(f"{where} is {DELIMITERS[sep]}-delimited, not {DELIMITERS[TEXT_SUFFIXES[suffix]]}-delimited as "
+                              f"its {suffix} name suggests; it was read with the delimiter {sep!r}.", stacklevel=2)
+            _check_ragged(text, sep, where)
+            try: df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=True)
             except pd.errors.ParserError as e:
                 raise SpecftDataError(f"{where} could not be parsed as {suffix[1:]}: {e}. Quote fields that contain "
                                       "the separator or line breaks.") from None
@@ -308,6 +360,16 @@ def normalise_labels(
             "(e.g. with specft.data.rating_to_sentiment) or fix the rows listed.")
     return out
 
+def _check_scalars(values:pd.Series, rows:pd.Series, col:str, kind:str, where:str):
+    "Fail, naming the rows, if `values` holds JSON objects or lists (from jsonl or a dataset) instead of single values"
+    nested = values.map(lambda v: isinstance(v, (dict, list, tuple, set, np.ndarray)))
+    if not nested.any(): return
+    first = values[nested].iloc[0]
+    what = 'JSON objects' if isinstance(first, dict) else 'lists'
+    raise SpecftDataError(f"the {kind} column '{col}' of {where} holds {what}, not single {kind}s, in rows {_rows(rows[nested])} "
+                          f"(row {rows[nested].iloc[0]}: {str(first)[:60]}). Give each row one {kind}, as a "
+                          + ("string." if kind == 'text' else "string or a number (for several labels per text, one row per label)."))
+
 def make_frame(
     df:pd.DataFrame,     # a table as read (with `row`)
     text_col:str='text', # the column with the texts
@@ -319,6 +381,7 @@ def make_frame(
     if 'row' not in df.columns: df = df.assign(row=np.arange(1, len(df)+1))
     tc, lc = _pick_column(df, text_col, 'text', where), _pick_column(df, label_col, 'label', where)
     text, label, rows = df[tc], df[lc], df['row']
+    for col, kind, values in ((tc, 'text', text), (lc, 'label', label)): _check_scalars(values, rows, col, kind, where)
     empty_text = text.isna() | text.map(lambda t: isinstance(t, str) and not t.strip())
     empty_label = label.isna() | label.map(lambda t: isinstance(t, str) and not t.strip())
     report = {'empty_text': rows[empty_text].tolist(), 'missing_label': rows[empty_label & ~empty_text].tolist()}
