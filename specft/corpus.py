@@ -357,7 +357,7 @@ def normalise_labels(
         raise SpecftDataError(
             f"the label column of {where} mixes numbers and words: {num.iloc[0]!r} (rows {_rows(rows[numeric], 5)}) and "
             f"{word.iloc[0]!r} (rows {_rows(rows[~numeric], 5)}). Use one kind of label: map the numbers to names "
-            "(e.g. with specft.data.rating_to_sentiment) or fix the rows listed.")
+            "(e.g. with specft.corpus.rating_to_sentiment) or fix the rows listed.")
     return out
 
 def _check_scalars(values:pd.Series, rows:pd.Series, col:str, kind:str, where:str):
@@ -367,7 +367,7 @@ def _check_scalars(values:pd.Series, rows:pd.Series, col:str, kind:str, where:st
     first = values[nested].iloc[0]
     what = 'JSON objects' if isinstance(first, dict) else 'lists'
     raise SpecftDataError(f"the {kind} column '{col}' of {where} holds {what}, not single {kind}s, in rows {_rows(rows[nested])} "
-                          f"(row {rows[nested].iloc[0]}: {str(first)[:60]}). Give each row one {kind}, as a "
+                          f"(the first, row {rows[nested].iloc[0]}: {str(first)[:60]}). Give each row one {kind}, as a "
                           + ("string." if kind == 'text' else "string or a number (for several labels per text, one row per label)."))
 
 def make_frame(
