@@ -18,7 +18,8 @@ import argparse, dataclasses, json, platform, statistics, sys, time
 from pathlib import Path
 import torch
 from sklearn.model_selection import train_test_split
-from specft.data import DRUG_REVIEW_THESAURUS, augment_frame, encode_texts, make_loader
+from specft.batch import encode_texts, make_loader
+from specft.augment import DRUG_REVIEW_THESAURUS, augment_frame
 from specft.evaluate import baseline_metrics, compute_metrics
 from specft.model import build_classifier
 from specft.pipeline import RunConfig, prepare_data

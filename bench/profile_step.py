@@ -26,7 +26,7 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     sys.path.insert(0, str(Path(__file__).parent))
     from train_throughput import prepare
-    from specft.data import make_loader
+    from specft.batch import make_loader
     from specft.model import build_classifier
     tok, _, train, _ = prepare(256)
     model, _ = build_classifier('minilm', 3, seed=0, fast_dropout=not a.stock_dropout)

@@ -61,7 +61,10 @@ def matmul_peak(dtype, n=2048, reps=8, device='cpu')->float:
 
 def prepare(max_len):
     "The cleaned bundled training split, split 90/10 as `specft train` does; token ids and label ids"
-    from specft.data import load_corpus, clean_frame, split_corpus, LabelMap, encode_texts
+    from specft.corpus import load_corpus
+    from specft.clean import clean_frame
+    from specft.split import split_corpus, LabelMap
+    from specft.batch import encode_texts
     from specft.model import load_tokenizer
     import dataclasses
     corpus = load_corpus('drug-reviews')
@@ -88,7 +91,7 @@ def attention_flops(cfg, lengths)->float:
 
 def validate(model, ids, y, pad_id, device='cpu')->dict:
     "Validation cross-entropy and macro-F1 of `model` (logits from `forward(input_ids, attention_mask)`)"
-    from specft.data import make_loader
+    from specft.batch import make_loader
     from specft.train import predict_logits
     from specft.evaluate import compute_metrics
     logits = predict_logits(model, make_loader(ids, None, 32, pad_id), device=device).float().cpu()
@@ -96,7 +99,7 @@ def validate(model, ids, y, pad_id, device='cpu')->dict:
     return dict(val_loss=F.cross_entropy(logits, torch.tensor(y)).item(), val_macro_f1=m['macro_f1'])
 
 def run_specft(a, tok, train, val, precision, fast_dropout=True):
-    from specft.data import make_loader
+    from specft.batch import make_loader
     from specft.model import build_classifier
     from specft.train import Callback, TrainConfig, fit
     model, _ = build_classifier('minilm', 3, seed=0, fast_dropout=fast_dropout)

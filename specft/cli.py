@@ -74,7 +74,7 @@ def read_texts(path:str, text_col:str='text')->list[str]:
     if not p.is_file(): raise SpecftDataError(f"--file {path}: no such file. Check the path.")
     if p.suffix.lower() not in ('.csv', '.tsv', '.jsonl', '.json', '.parquet'):
         return [l for l in p.read_text(encoding='utf-8').splitlines() if l.strip()]
-    from specft.data import read_table
+    from specft.corpus import read_table
     df, _ = read_table(p)
     if text_col not in df.columns:
         raise SpecftDataError(f"{path}: no column '{text_col}'; its columns are: {', '.join(map(str, df.columns))}. "

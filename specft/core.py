@@ -11,7 +11,7 @@ import torch
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'SpecftError', 'SpecftDataError', 'SpecftConfigError', 'SpecftModelError', 'SpecftTrainingError',
-           'get_device', 'cpu_has_bf16', 'choose_precision', 'autocast_dtype', 'set_seed', 'repo_root']
+           'get_device', 'cpu_has_bf16', 'choose_precision', 'autocast_dtype', 'set_seed', 'repo_root', 'md_table']
 
 # %% ../nbs/00_core.ipynb #0e2ab26a
 class SpecftError(Exception):
@@ -83,3 +83,11 @@ def repo_root(start=None)->Path|None:
     "The nearest folder at or above `start` (default: the working directory) that holds settings.ini, else None"
     here = Path(start or Path.cwd()).resolve()
     return next((d for d in (here, *here.parents) if (d/'settings.ini').is_file()), None)
+
+# %% ../nbs/00_core.ipynb #314007d0
+def md_table(
+    df, # a pandas DataFrame
+)->str: # its markdown table, without the index
+    "A markdown table of `df` (without its index; no tabulate needed)"
+    lines = ['| ' + ' | '.join(map(str, df.columns)) + ' |', '|' + '---|' * len(df.columns)]
+    return '\n'.join(lines + ['| ' + ' | '.join(map(str, r)) + ' |' for r in df.itertuples(index=False)])

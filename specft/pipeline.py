@@ -12,12 +12,14 @@ import transformers
 from sklearn.model_selection import train_test_split
 import specft
 from .core import SpecftConfigError, SpecftDataError, PRECISIONS, get_device, choose_precision, set_seed
-from .data import (load_corpus, prepare_corpus, preprocessing_settings, preprocess_texts, split_corpus,
-                         LabelMap, encode_texts, make_loader, read_table, make_frame)
+from .corpus import load_corpus, read_table, make_frame
+from .clean import prepare_corpus, preprocessing_settings, preprocess_texts
+from .split import split_corpus, LabelMap
+from .batch import encode_texts, make_loader
 from .model import METHODS, POOLINGS, build_classifier, save_classifier, load_classifier, count_params, freeze
 from .train import CLASS_WEIGHT_POWERS, METRICS, TrainConfig, fit, predict_logits, TrainState
 from .evaluate import compute_metrics, baseline_metrics, metrics_table
-from .data import md_table
+from .core import md_table
 
 # %% auto #0
 __all__ = ['PLANNED_METHODS', 'RunConfig', 'check_config', 'default_run_dir', 'saved_config', 'prepare_run_dir', 'data_sha256',

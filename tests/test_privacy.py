@@ -63,7 +63,8 @@ def test_mask_frame_audit_rows_and_json():
     assert '| email | 2 | 7, 9 |' in audit._repr_markdown_() and 'PiiAudit(2 of 3 rows' in repr(audit)
 
 def test_bundled_reviews_masking_is_dates_only():
-    from specft.data import load_corpus, clean_frame
+    from specft.corpus import load_corpus
+    from specft.clean import clean_frame
     c = load_corpus()
     _, audit = mask_frame(clean_frame(c.train)[0])
     assert audit.counts == {'date': 39} and audit.n_masked_rows == 27

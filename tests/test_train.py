@@ -5,7 +5,7 @@ import pytest, torch
 from torch import nn
 from safetensors.torch import load_file
 from specft.core import SpecftConfigError, SpecftTrainingError
-from specft.data import make_loader
+from specft.batch import make_loader
 from specft.model import build_classifier, encoder_layers
 from specft.train import (Callback, TrainConfig, Trainer, HistoryLogger, HISTORY_COLUMNS, class_weights_from, fit,
                           latest_checkpoint, optimizer_step, predict_logits, train_labels)

@@ -4,7 +4,7 @@ import pytest, torch
 from torch import nn
 from transformers import BertModel
 from specft.core import choose_precision
-from specft.data import make_loader
+from specft.batch import make_loader
 from specft.model import Classifier, tiny_config
 from specft.train import Callback, TrainConfig, Trainer, fit, latest_checkpoint
 
