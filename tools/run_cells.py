@@ -4,6 +4,7 @@ no Jupyter stack (a bare GPU box). Skips the Colab set-up cell, nbdev's showdoc 
 are not asked for: `python tools/run_cells.py nbs/00_core.ipynb --flags cuda` runs ordinary and `cuda` cells.
 """
 import argparse, json, re, sys, time
+from nbflags import cell_flags
 
 def code_cells(path):
     for c in json.load(open(path))['cells']:
@@ -15,8 +16,7 @@ def main():
     for nb in a.notebooks:
         ns, t0, n = {'__name__': '__main__'}, time.time(), 0
         for src in code_cells(nb):
-            flags = set(re.findall(r'^#\|\s*(slow|cuda)\s*$', src, flags=re.M))
-            if flags - set(a.flags) or '# Colab set-up' in src: continue
+            if cell_flags(src) - set(a.flags) or '# Colab set-up' in src: continue
             src = re.sub(r'^from nbdev\.showdoc import \*$', '', src, flags=re.M)
             exec(compile(src, f'{nb} cell {n}', 'exec'), ns); n += 1
         print(f'{nb}: {n} cells ran in {time.time()-t0:.1f} s', flush=True)
