@@ -10,11 +10,12 @@ same (augmented) rows. Writes bench/augment_results.json; `nbs/03_data.ipynb` pl
 
     python bench/augment.py                  # MiniLM, 5 seeds x 2 shares x off/on = 20 fine-tunes (a GPU makes this minutes)
     python bench/augment.py --quick          # the tiny model, 1 epoch, 1 seed, a quarter of the rows: a smoke test on CPU
+                                             # (its results go to a temporary file unless --out is given)
 The recipe (epochs, lr, max_len, batch size ...) is RunConfig's default, never copied here.
 Data: the bundled drug reviews, a subset of the UCI Drug Review dataset (Gräßer, Kallumadi, Malberg and Zaunseder,
 Digital Health 2018; CC BY 4.0; full citation in specft.data.DRUG_REVIEWS_CITATION).
 """
-import argparse, dataclasses, json, platform, statistics, sys, time
+import argparse, dataclasses, json, platform, statistics, sys, tempfile, time
 from pathlib import Path
 import torch
 from sklearn.model_selection import train_test_split
@@ -70,8 +71,10 @@ def main(argv=None):
     ap.add_argument('--n-aug', type=int, default=1, help='augmented copies per training row')
     ap.add_argument('--model', default=None, help='default: RunConfig().model')
     ap.add_argument('--quick', action='store_true', help='tiny model, 1 epoch, max_len 64, seed 0, a quarter of the rows')
-    ap.add_argument('--out', default=str(Path(__file__).with_name('augment_results.json')))
+    ap.add_argument('--out', default=None, help='default: bench/augment_results.json; with --quick a temporary file')
     a = ap.parse_args(argv)
+    a.out = a.out or (tempfile.mkdtemp(prefix='specft-bench-') + '/augment_quick.json' if a.quick
+                      else str(Path(__file__).with_name('augment_results.json')))
     over = dict(model='tiny', epochs=1, max_len=64) if a.quick else {}
     if a.model: over['model'] = a.model
     seeds, fracs = ([0], [0.25]) if a.quick else (a.seeds, a.fracs)
@@ -89,6 +92,7 @@ def main(argv=None):
                 print(json.dumps(res['runs'][-1]), file=sys.stderr)
                 res['summary'] = summarise(res['runs'])
                 Path(a.out).write_text(json.dumps(res, indent=1))   # written after every run: a cut-short bench keeps its results
+    print(f'results: {a.out}', file=sys.stderr)
     return res
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ mask element) and the attention falling back from the fused kernel to `bmm`; wit
 
     python bench/profile_step.py --stock-dropout            # torch's dropout, fp32
     python bench/profile_step.py --precision bf16           # specft's dropout, bf16 autocast
+    python bench/profile_step.py --quick                    # the tiny model, 2 steps at length 64: a smoke test
 """
 import argparse, os, sys, time
 from pathlib import Path
@@ -22,14 +23,17 @@ def main(argv=None):
     ap.add_argument('--stock-dropout', action='store_true', help="keep torch's nn.Dropout and sdpa attention")
     ap.add_argument('--steps', type=int, default=7)
     ap.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument('--quick', action='store_true', help='a smoke test in seconds: the tiny model, 2 steps, max length 64')
     a = ap.parse_args(argv)
+    model_name, max_len = ('tiny', 64) if a.quick else ('minilm', 256)
+    if a.quick: a.steps = min(a.steps, 2)
     torch.set_num_threads(a.threads)
     sys.path.insert(0, str(Path(__file__).parent))
     from train_throughput import prepare
     from specft.batch import make_loader
     from specft.model import build_classifier
-    tok, _, train, _ = prepare(256)
-    model, _ = build_classifier('minilm', 3, seed=0, fast_dropout=not a.stock_dropout)
+    tok, _, train, _ = prepare(max_len)
+    model, _ = build_classifier(model_name, 3, seed=0, fast_dropout=not a.stock_dropout)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
     batches = list(make_loader(*train, 16, tok.pad_token_id, shuffle=True, seed=0))[:a.steps + 1]

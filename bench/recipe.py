@@ -9,7 +9,8 @@ training rows, in the same run). Writes bench/recipe_results.json; `nbs/09_pipel
     python bench/recipe.py                       # the candidates, seeds 0 1 2 (about 25 minutes on 2 CPU cores in bf16)
     python bench/recipe.py --more                # and the ablations (for a GPU)
     python bench/recipe.py --precisions          # the defaults in fp32 and in bf16 -> bench/precision_results.json
-    python bench/recipe.py --quick               # the tiny model, 1 epoch, 2 candidates: a smoke test
+    python bench/recipe.py --quick               # the tiny model, 1 epoch, 2 candidates, seed 0: a smoke test
+                                                 # (its results go to a temporary file unless --out is given)
     python bench/recipe.py --only defaults --add # run one candidate again, keeping the others' results
 """
 import argparse, dataclasses, json, platform, statistics, sys, tempfile, time
@@ -58,14 +59,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     ap.add_argument('--only', nargs='*', help='run only the candidates whose names contain one of these')
-    ap.add_argument('--quick', action='store_true')
+    ap.add_argument('--quick', action='store_true', help='the tiny model, 1 epoch, 2 candidates, seed 0; results to a temporary file')
     ap.add_argument('--more', action='store_true', help='also the ablations in MORE (a GPU makes them minutes)')
     ap.add_argument('--precisions', action='store_true', help='run PRECISION (the defaults in fp32 and bf16) instead')
     ap.add_argument('--precision', default='auto', help="for every candidate; 'auto' is specft's choice for this machine")
-    ap.add_argument('--out', default=None, help='default: bench/recipe_results.json, or precision_results.json')
+    ap.add_argument('--out', default=None, help='default: bench/recipe_results.json, or precision_results.json; with --quick a temporary file')
     ap.add_argument('--add', action='store_true', help='keep the candidates already in --out and add (or redo) these')
     a = ap.parse_args(argv)
-    a.out = a.out or str(Path(__file__).with_name('precision_results.json' if a.precisions else 'recipe_results.json'))
+    if a.quick: a.seeds = a.seeds[:1]
+    a.out = a.out or (tempfile.mkdtemp(prefix='specft-bench-') + '/recipe_quick.json' if a.quick else
+                      str(Path(__file__).with_name('precision_results.json' if a.precisions else 'recipe_results.json')))
     cands = QUICK if a.quick else PRECISION if a.precisions else {**CANDIDATES, **(MORE if a.more else {})}
     if a.only: cands = {k: v for k, v in cands.items() if any(o in k for o in a.only)}
     res = {'command': 'python bench/recipe.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),

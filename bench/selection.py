@@ -14,7 +14,7 @@ bench/selection_results.json; `nbs/09_pipeline.ipynb` reads it and checks that R
 recipe and rule it finds best.
 
     python bench/selection.py                 # seeds 0 1 2, the recipes in RECIPES (about 35 minutes in bf16)
-    python bench/selection.py --quick         # the tiny model: a smoke test
+    python bench/selection.py --quick         # the tiny model, seed 0: a smoke test (results to a temporary file unless --out)
     python bench/selection.py --more --out /tmp/more.json   # the exploratory recipes in MORE
     python bench/selection.py --only 'tau 0.5' 'no class weights' --seeds 3 4 --out bench/selection_more_seeds.json
                                               # two recipes, two more seeds (lesson 09 reads it too)
@@ -70,12 +70,15 @@ def pick(rows, rule):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    ap.add_argument('--quick', action='store_true')
+    ap.add_argument('--quick', action='store_true', help='the tiny model, 2 epochs, seed 0; results to a temporary file')
     ap.add_argument('--more', action='store_true', help='run the recipes in MORE instead (give another --out)')
     ap.add_argument('--only', nargs='*', help='run only the recipes whose names contain one of these (give another --out)')
     ap.add_argument('--precision', default='auto', help="'auto' is specft's choice for this machine")
-    ap.add_argument('--out', default=str(Path(__file__).with_name('selection_results.json')))
+    ap.add_argument('--out', default=None, help='default: bench/selection_results.json; with --quick a temporary file')
     a = ap.parse_args(argv)
+    if a.quick: a.seeds = a.seeds[:1]
+    a.out = a.out or (tempfile.mkdtemp(prefix='specft-bench-') + '/selection_quick.json' if a.quick
+                      else str(Path(__file__).with_name('selection_results.json')))
     recipes = QUICK if a.quick else MORE if a.more else RECIPES
     if a.only: recipes = {k: v for k, v in recipes.items() if any(o in k for o in a.only)}
     precision = choose_precision(a.precision, 'auto')
@@ -120,6 +123,7 @@ def main(argv=None):
             print(f"{name:32s} {rule:13s} epochs {s['epochs']} test acc {s['accuracy']:.3f} F1 {s['macro_f1']:.3f} "
                   f"| gap acc {s['gap_accuracy']:+.3f} F1 {s['gap_macro_f1']:+.3f}")
     Path(a.out).write_text(json.dumps(res, indent=2))
+    print(f'results: {a.out}')
 
 if __name__ == '__main__':
     main()

@@ -19,6 +19,7 @@ same process, and reports specft's share of that peak. Every run is then validat
 median is reported: this machine is shared and noisy.
 
 Usage: python bench/train_throughput.py [--precision fp32|bf16] [--repeats 3] [--threads N] [--device cpu|cuda]
+       python bench/train_throughput.py --quick   (32 reviews, max length 64, 1 round: a smoke test, not a measurement)
 (the default precision is specft's own choice for the device: on the CPU bf16 where it has bf16 instructions,
 else fp32; on a GPU bf16 from compute capability 8). On a GPU the clocks synchronise the device at each step
 and the peak is that GPU's matrix-multiply peak in the same precision.
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-def parse():
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     from specft.core import choose_precision
     ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
@@ -39,8 +40,10 @@ def parse():
     ap.add_argument('--max-len', type=int, default=256)
     ap.add_argument('--lr', type=float, default=5e-5)
     ap.add_argument('--max-rows', type=int, default=None, help='train on the first N rows only (a smoke test)')
-    a = ap.parse_args()
+    ap.add_argument('--quick', action='store_true', help='a smoke test in seconds: 32 rows, max length 64, 1 round')
+    a = ap.parse_args(argv)
     a.precision = a.precision or choose_precision('auto', a.device)
+    if a.quick: a.max_rows, a.max_len, a.repeats = a.max_rows or 32, min(a.max_len, 64), 1
     return a
 
 def sync(device:str):
@@ -49,7 +52,6 @@ def sync(device:str):
 
 def matmul_peak(dtype, n=2048, reps=8, device='cpu')->float:
     "The best FLOP/s of n x n matrix products in `dtype` on `device` over three rounds"
-    if device == 'cuda': n, reps = 8192, 20
     a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     for _ in range(2): a @ b
     best = 0.0
@@ -142,21 +144,23 @@ def run_hf(a, tok, train, val, precision, strategy):
                 callbacks=[Clock()]).train()
     return times['t1'] - times['t0'], steps[0], padded[0], model, validate(HFLogits(model), *val, tok.pad_token_id, a.device)
 
-def main():
-    a = parse()
+def main(argv=None):
+    a = parse(argv)
     torch.set_num_threads(a.threads)
     import transformers
     tok, labels, train, val = prepare(a.max_len)
     if a.max_rows: train = (train[0][:a.max_rows], train[1][:a.max_rows])
+    if a.quick: print('# --quick: a smoke test of the script, not a measurement')
     lengths = [len(x) for x in train[0]]; real = sum(lengths)
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"{torch.get_num_threads()} torch threads; torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"# data: {len(lengths)} training reviews, {real} real tokens (max_len {a.max_len}); "
           f"{len(val[0])} validation reviews; batch {a.batch_size}, lr {a.lr}, 1 epoch, precision {a.precision}")
     if a.device == 'cuda': print(f"# GPU: {torch.cuda.get_device_name()} (compute capability {torch.cuda.get_device_capability()})")
-    peak = {'fp32': matmul_peak(torch.float32, device=a.device)}
-    if a.precision == 'bf16': peak['bf16'] = matmul_peak(torch.bfloat16, device=a.device)
-    print(f"# matmul peak ({'8192' if a.device == 'cuda' else '2048'}^3):", ', '.join(f'{k} {v / 1e9:.0f} GFLOP/s' for k, v in peak.items()))
+    n = 256 if a.quick else 8192 if a.device == 'cuda' else 2048
+    peak = {'fp32': matmul_peak(torch.float32, n, device=a.device)}
+    if a.precision == 'bf16': peak['bf16'] = matmul_peak(torch.bfloat16, n, device=a.device)
+    print(f'# matmul peak ({n}^3):', ', '.join(f'{k} {v / 1e9:.0f} GFLOP/s' for k, v in peak.items()))
     runs = {'specft': lambda: run_specft(a, tok, train, val, a.precision),
             'hf_default': lambda: run_hf(a, tok, train, val, a.precision, 'random'),
             'hf_grouped': lambda: run_hf(a, tok, train, val, a.precision, 'group_by_length'),

@@ -1,10 +1,11 @@
 """nbval runs notebooks in a real Jupyter kernel but does not know nbdev's cell flags: skip the cells flagged
 `#| slow` (unless SPECFT_SLOW=1) and `#| cuda` (unless torch sees a GPU), as `nbdev_test` does."""
-import os, re
+import os, sys
+from pathlib import Path
 import pytest
 
-def _flags(source):
-    return set(re.findall(r'^#\|\s*(slow|cuda)\s*$', source, flags=re.M))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'tools'))
+from nbflags import cell_flags
 
 def pytest_collection_modifyitems(config, items):
     skip = set() if os.environ.get('SPECFT_SLOW') == '1' else {'slow'}
@@ -14,7 +15,7 @@ def pytest_collection_modifyitems(config, items):
     except ImportError: skip.add('cuda')
     for item in items:
         cell = getattr(item, 'cell', None)
-        if cell is not None and cell.get('cell_type') == 'code' and (hit := _flags(cell.source) & skip):
+        if cell is not None and cell.get('cell_type') == 'code' and (hit := cell_flags(cell.source) & skip):
             item.add_marker(pytest.mark.skip(reason=f"#| {' '.join(sorted(hit))} cell"))
 
 def pytest_itemcollected(item):

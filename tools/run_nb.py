@@ -5,21 +5,18 @@ Cells flagged `#| cuda` run only where torch sees a GPU; with `--skip slow` the 
 skipped too. A skipped cell keeps the outputs it had, so committed notebooks show every result.
 Usage: python tools/run_nb.py nbs/03_data.ipynb [more.ipynb ...] [--skip slow] [--timeout 900]
 """
-import argparse, copy, re, sys
+import argparse, copy, sys
 from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
-
-def flags(cell):
-    "The nbdev flags (`#| slow`, `#| cuda`) at the top of a code cell"
-    return set(re.findall(r'^#\|\s*(slow|cuda)\s*$', cell.source, flags=re.M))
+from nbflags import cell_flags
 
 def run(path, skip, timeout):
     nb = nbformat.read(path, as_version=4)
     work = copy.deepcopy(nb)
     skipped = []
     for i, cell in enumerate(work.cells):
-        if cell.cell_type == 'code' and flags(cell) & skip:
+        if cell.cell_type == 'code' and cell_flags(cell.source) & skip:
             cell.source = 'pass'; skipped.append(i)
     NotebookClient(work, timeout=timeout, kernel_name='python3',
                    resources={'metadata': {'path': str(Path(path).parent)}}).execute()
