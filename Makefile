@@ -36,6 +36,7 @@ test: venv
 # The `slow` cells too: the real-MiniLM runs each lesson shows.
 test-slow: venv
 	$(OFFLINE) $(BIN)/nbdev_test --n_workers $(NB_WORKERS) --flags slow --timing
+	$(OFFLINE) SPECFT_SLOW=1 $(BIN)/pytest -q tests/test_browser.py
 
 lab: venv
 	$(BIN)/jupyter lab nbs/
