@@ -45,6 +45,7 @@ test: venv
 test-slow: venv
 	$(OFFLINE) $(BIN)/nbdev_test --n_workers $(NB_WORKERS) --flags slow --timing
 	for f in bench/*.py; do echo "$$f --quick"; $(OFFLINE) $(BIN)/python $$f --quick || exit 1; done
+	$(OFFLINE) SPECFT_SLOW=1 $(BIN)/pytest -q tests/test_browser.py
 
 lab: venv
 	$(BIN)/jupyter lab nbs/

@@ -4,21 +4,22 @@
 
 # %% ../nbs/11_widgets.ipynb #73fda82b
 from __future__ import annotations
-import base64, dataclasses, html, io, itertools, json, math, shlex, threading, time, traceback
+import base64, dataclasses, html, io, itertools, json, math, shlex, threading, time, traceback, unicodedata, warnings
 from pathlib import Path
 import pandas as pd
 import ipywidgets as W
 from matplotlib.figure import Figure
 from .core import SpecftError, SpecftConfigError, SpecftDataError, choose_precision
 import specft.pipeline as pipeline
-from .pipeline import RunConfig, run, default_run_dir
+from .pipeline import RunConfig, run, default_run_dir, preprocessing_of
 from .train import Callback, ProgressBar
-from .corpus import load_corpus, TEXT_SUFFIXES, check_data_path, hub_dataset_name
-from .evaluate import metrics_table, plot_confusion
+from .data import load_corpus, TEXT_SUFFIXES, check_data_path, hub_dataset_name, read_table, make_frame, preprocess_texts
+from .evaluate import plot_confusion
 
 # %% auto #0
-__all__ = ['BUNDLED', 'SOURCES', 'METHOD_NAMES', 'config_defaults', 'config_to_code', 'config_to_command', 'read_head',
-           'uploaded_files', 'save_upload', 'PanelCallback', 'plot_progress', 'show', 'hub_head', 'TrainPanel']
+__all__ = ['BUNDLED', 'SOURCES', 'METHOD_NAMES', 'BUTTON_STATES', 'PREVIEW_FIELDS', 'config_defaults', 'config_to_code',
+           'config_to_command', 'read_head', 'preview_frame', 'uploaded_files', 'save_upload', 'PanelCallback',
+           'plot_progress', 'show', 'hub_head', 'TrainPanel']
 
 # %% ../nbs/11_widgets.ipynb #da7331c2
 def config_defaults()->dict:
@@ -50,26 +51,30 @@ def config_to_command(
 # %% ../nbs/11_widgets.ipynb #571c569a
 def read_head(
     path,                # a csv, tsv, jsonl or parquet file
-    nrows:int|None=5,    # read only the first `nrows` rows; None reads all
-    columns=None,        # read only these columns; None reads all
+    nrows:int|None=5,    # the first `nrows` rows; None: all
+    columns=None,        # only these columns; None: all
 )->pd.DataFrame:
-    "The first `nrows` rows (of `columns`) of a data file, read with pandas"
-    p = check_data_path(path)
-    suf = p.suffix.lower()
-    try:
-        if suf == '.parquet':
-            import pyarrow.parquet as pq
-            f = pq.ParquetFile(p)
-            if nrows is None: return f.read(columns=columns).to_pandas()
-            return next(f.iter_batches(batch_size=nrows, columns=columns)).to_pandas().head(nrows)
-        if TEXT_SUFFIXES[suf] is None: df = pd.read_json(p, lines=True, nrows=nrows)
-        else: df = pd.read_csv(p, sep=TEXT_SUFFIXES[suf], nrows=nrows, usecols=columns)
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
-        raise SpecftDataError(f"{p} could not be read as {suf[1:]} ({e}). Check its format; "
-                              "specft.data.read_table says more about what is wrong.") from e
+    "The first `nrows` rows (of `columns`) of a data file, read by `specft.data.read_table`, the reader training uses"
+    df = read_table(path)[0].drop(columns='row')
     if columns is not None and (missing := [c for c in columns if c not in df.columns]):
-        raise SpecftDataError(f"{p} has no column {missing[0]!r}; its columns are: {', '.join(map(str, df.columns))}.")
-    return df if columns is None else df[list(columns)]
+        raise SpecftDataError(f"{path} has no column {missing[0]!r}; its columns are: {', '.join(map(str, df.columns))}.")
+    df = df if columns is None else df[list(columns)]
+    return df if nrows is None else df.head(nrows)
+
+# %% ../nbs/11_widgets.ipynb #ce8f5621
+def _visible(t):
+    "`t` with control characters (line breaks, tabs) written as escapes, so that a table shows them"
+    return ''.join(repr(c)[1:-1] if unicodedata.category(c) == 'Cc' else c for c in t) if isinstance(t, str) else t
+
+def preview_frame(
+    frame:pd.DataFrame, # text/label/row rows as `specft.data.make_frame` gives them (texts as read)
+    settings:dict,      # the run's preprocessing settings (`specft.pipeline.preprocessing_of`)
+    nrows:int=5,        # how many rows to show
+)->pd.DataFrame:        # index `row`; columns text (as training sees it), label, raw text
+    "The first `nrows` rows with each text as training will see it (cleaned, masked as `settings` say), the raw text beside it"
+    head = frame.head(nrows)
+    return pd.DataFrame({'text': preprocess_texts(head.text.tolist(), settings), 'label': head.label.tolist(),
+                         'raw text': [_visible(t) for t in head.text]}, index=pd.Index(head.row.tolist(), name='row'))
 
 # %% ../nbs/11_widgets.ipynb #ae72961e
 def uploaded_files(
@@ -160,6 +165,15 @@ BUNDLED = 'drug-reviews'
 SOURCES = (('drug reviews', 'bundled'), ('file', 'file'), ('upload', 'upload'), ('hub', 'hub'))
 METHOD_NAMES = {'full': 'full fine-tune', 'head': 'head only', 'lora': 'LoRA', 'adapter': 'adapters', 'prefix': 'prefix tuning'}
 
+BUTTON_STATES = {  # (button_style, tooltip) of Start and Stop, when idle and while a run goes
+    False: (('primary', 'Train with these settings'), ('', 'No run is going')),
+    True: (('', 'A run is going; Stop it first'), ('danger', 'Stop after the current step, keeping the model so far'))}
+
+def _set_buttons(start:W.Button, stop:W.Button, running:bool):
+    "Enable the button that can act now, in colour; the other is disabled and grey, its tooltip says why"
+    for b, on, (style, tip) in zip((start, stop), (not running, running), BUTTON_STATES[running]):
+        b.disabled, b.button_style, b.tooltip = not on, style, tip
+
 class _PanelWidgets(W.VBox):
     "The widgets of `TrainPanel`, laid out, with the command line's defaults; no behaviour"
     def __init__(self):
@@ -205,8 +219,8 @@ class _PanelWidgets(W.VBox):
                           description='run folder', style=st)
         self.overwrite = W.Checkbox(value=d['overwrite'], description='overwrite an existing run folder')
         # Actions and results
-        self.start_btn = W.Button(description='Start', button_style='primary', icon='play')
-        self.stop_btn = W.Button(description='Stop', button_style='danger', icon='stop', disabled=True)
+        self.start_btn, self.stop_btn = W.Button(description='Start', icon='play'), W.Button(description='Stop', icon='stop')
+        _set_buttons(self.start_btn, self.stop_btn, running=False)
         self.code_btn = W.Button(description='Show code', icon='code')
         self.status, self.run_dir_info, self.code_info = W.HTML(), W.HTML(), W.HTML()
         self.progress, self.progress_text = W.IntProgress(value=0, min=0, max=1, description='progress', style=st), W.Label()
@@ -261,33 +275,65 @@ class _DataPart:
         if self.source.value == 'upload': return self.upload_path
         return Path(self.path.value.strip()) if self.path.value.strip() else None
 
+    def _table(self, f:Path)->tuple[pd.DataFrame, list[str]]:
+        "File `f` as training reads it (`read_table`), and the warnings reading gave; read again only when the file changes"
+        st = check_data_path(f).stat()
+        key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+        if self._file_rows[0] != key:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter('always')
+                table = read_table(f)[0]
+            self._file_rows = (key, table, [str(w.message) for w in caught])
+        return self._file_rows[1], list(self._file_rows[2])
+
+    def _prep_settings(self)->dict:
+        "The preprocessing `run` will apply with the controls' settings (`specft.pipeline.preprocessing_of`)"
+        return preprocessing_of(RunConfig(**self._control_settings()))
+
+    def _clear_preview(self):
+        self.preview_rows = self.label_counts = None
+        self.preview_out.outputs = ()
+
     def preview(self):
-        "Fill the column pickers from the data; show its first 5 rows and the label counts"
-        src = self.source.value
+        "Fill the column pickers from the data; show its first rows as training will see them, and the label counts"
+        src, notes = self.source.value, []
         try:
             if src == 'bundled':
                 c = load_corpus(BUNDLED, task=self.task.value)
-                head = c.train[['text', 'label']].head(5)  # a Corpus's frames have these columns
+                frame = c.train  # a Corpus's frames have the columns text, label and row
                 counts = pd.DataFrame({'train': c.train['label'].value_counts(),
                                        **({'test': c.test['label'].value_counts()} if c.test is not None else {})})
-            elif src == 'hub':
-                if not self.hub.value.strip(): self.preview_out.outputs = (); return
-                name = self.hub.value.strip().removeprefix('hf:')
-                if self._hub_rows[0] != name: self._hub_rows = (name, hub_head(name))  # stream once per name
-                rows = self._hub_rows[1]
-                self._set_columns(list(rows.columns)); head, lab = rows.head(5), self.label_col.value
-                counts = rows[lab].value_counts().rename(f'first {len(rows)} rows') if lab else None
             else:
-                if (f := self._file()) is None: self.preview_out.outputs = (); return
-                head = read_head(f, nrows=5)
-                self._set_columns(list(head.columns)); lab = self.label_col.value
-                counts = read_head(f, None, columns=[lab])[lab].value_counts() if lab else None
+                if src == 'hub':
+                    if not (name := self.hub.value.strip().removeprefix('hf:')): return self._clear_preview()
+                    if self._hub_rows[0] != name: self._hub_rows = (name, hub_head(name))  # stream once per name
+                    rows = self._hub_rows[1]
+                    where = f'hf:{name} (its first {len(rows)} rows)'
+                else:
+                    if (f := self._file()) is None: return self._clear_preview()
+                    (rows, notes), where = self._table(f), str(f)
+                self._set_columns([c for c in rows.columns if c != 'row'])
+                tc, lab, frame = self.text_col.value, self.label_col.value, None
+                if tc and lab and tc != lab:  # the rows as `run` takes them: the same checks, the same messages
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter('always')
+                        frame = make_frame(rows, tc, lab, where, self._control_settings().get('drop_empty', self.defaults['drop_empty']))[0]
+                    notes += [str(w.message) for w in caught]
+                counts = (frame.label if frame is not None else rows[lab]).value_counts().rename_axis(lab) if lab else None
+                if counts is not None and src == 'hub': counts = counts.rename(f'first {len(rows)} rows')
+            if frame is not None:
+                prep = self._prep_settings()
+                head = preview_frame(frame, prep)
+                caption = (f"The first rows, each text as training will see it (cleaned; personal data "
+                           f"{'masked' if prep['masking']['enabled'] else 'not masked'}). 'raw text' is the data as read.")
+            else:
+                head = rows.drop(columns='row', errors='ignore').head(5)
+                caption = 'The first rows as read. Choose the text and the label column to see the texts as training will.'
             self.preview_rows, self.label_counts = head, counts
-            show(self.preview_out, _shorten(head), *([] if counts is None else [counts]))
-            if not self.running: self.say('' if counts is not None else 'Choose the label column (Data tab).')
+            show(self.preview_out, caption, _shorten(head), *([] if counts is None else [counts]))
+            if not self.running: self.say(' '.join(notes) if notes else '' if frame is not None else 'Choose the text and the label column (Data tab).')
         except SpecftError as e:
-            self.preview_rows = self.label_counts = None
-            self.preview_out.outputs = (); self.say(str(e), 'error')
+            self._clear_preview(); self.say(str(e), 'error')
 
 # %% ../nbs/11_widgets.ipynb #254c1045
 class _RunPart:
@@ -310,9 +356,13 @@ class _RunPart:
             raise SpecftConfigError(f"data: '{self.text_col.value}' is chosen as both the text and the label column; pick two columns.")
         return {'data': data, 'text_col': self.text_col.value, 'label_col': self.label_col.value}
 
+    def _control_settings(self)->dict:
+        "The `RunConfig` fields the controls of the Model and Training tabs set, converted"
+        return {k: self.convert.get(k, lambda v: v)(w.value) for k, w in self.controls.items()}
+
     def settings(self)->dict:
         "The `RunConfig` fields the controls set"
-        s = {k: self.convert.get(k, lambda v: v)(w.value) for k, w in self.controls.items()}
+        s = self._control_settings()
         if not s.get('model', 'x'): raise SpecftConfigError("model: empty. Choose minilm or tiny, or type a hub id or a folder.")
         return {**s, **self._data_settings()}
 
@@ -340,7 +390,7 @@ class _RunPart:
         for o in (self.plot_out, self.results_out, self.log_out): o.outputs = ()
         self.progress.value, self.progress.bar_style, self.progress_text.value = 0, '', ''
         self.run_dir_info.value = f"run folder: <code>{html.escape(str(self.run_dir.absolute()))}</code>"
-        self.start_btn.disabled, self.stop_btn.disabled = True, False
+        _set_buttons(self.start_btn, self.stop_btn, running=True)
         self.say(f'Preparing the data and the {cfg.model} model ...')
         self._thread = threading.Thread(target=self._work, args=(cfg,), name='specft-panel', daemon=True)
         self._thread.start()
@@ -363,19 +413,20 @@ class _RunPart:
             show(self.log_out, traceback.format_exc())
         finally:
             if self.error is not None and getattr(text_bar, 'bar', None) is not None: text_bar.bar.close()  # no on_train_end came
-            self.start_btn.disabled, self.stop_btn.disabled = False, True
+            _set_buttons(self.start_btn, self.stop_btn, running=False)
             self.progress.bar_style = 'danger' if self.error else 'success'
 
     def _show_results(self, res):
-        "The metrics next to the baseline, and the confusion matrix of the test split"
+        "The metrics next to the baseline (rounded as the command line prints them), and the test confusion matrix"
         fig = Figure(figsize=(4.2, 3.6), layout='constrained')
         plot_confusion(res.y_true, res.y_pred, res.labels, ax=fig.subplots())
-        show(self.results_out, metrics_table(res.metrics, res.baseline), fig)
+        show(self.results_out, res.table(), fig)
 
     def stop(self):
         "Ask training to end after the current step, keeping the best model so far (the Stop button)"
         if not self.running: return
-        self._stop, self.stop_btn.disabled = True, True
+        self._stop = True
+        self.stop_btn.disabled, self.stop_btn.button_style, self.stop_btn.tooltip = True, '', 'Stopping after the current step'
         if self.state is not None: self.state.should_stop = True
         self.say('Stopping after this step ...')
 
@@ -425,6 +476,8 @@ def _has_frontend()->bool:
     except ImportError: return False
     return getattr(get_ipython(), 'kernel', None) is not None
 
+PREVIEW_FIELDS = ('mask_pii', 'drop_empty')  # the `RunConfig` fields the data preview depends on
+
 class TrainPanel(_RunPart, _DataPart, _PanelWidgets):
     "A control panel: settings → `RunConfig` → `run` in a background thread, with live progress and results"
     def __init__(self,
@@ -434,7 +487,7 @@ class TrainPanel(_RunPart, _DataPart, _PanelWidgets):
         super().__init__()
         self.upload_dir, self.upload_path, self.callbacks, self.redraw_every = Path(upload_dir), None, list(callbacks), redraw_every
         self.message, self.cfg, self.run_dir, self.result, self.error, self.state = '', None, None, None, None, None
-        self._thread, self._stop, self._busy, self._hub_rows = None, False, False, (None, None)
+        self._thread, self._stop, self._busy, self._hub_rows, self._file_rows = None, False, False, (None, None), (None, None, [])
         self.preview_rows = self.label_counts = None  # what the preview shows, as DataFrames
         self.train_history, self.val_history = [], []
         self.controls = {k: getattr(self, k) for k in ('model', 'method', 'lr', 'epochs', 'batch_size', 'max_len', 'warmup',
@@ -449,7 +502,7 @@ class TrainPanel(_RunPart, _DataPart, _PanelWidgets):
                      (self.preview_btn, self.preview)): b.on_click(lambda _, f=f: f())
         for w, f in ((self.source, self._on_source), (self.task, self.preview), (self.path, self.preview),
                      (self.hub, self.preview), (self.upload, self._on_upload), (self.device, self._show_precision),
-                     (self.label_col, lambda: self._busy or self.preview())):
+                     (self.text_col, lambda: self._busy or self.preview()), (self.label_col, lambda: self._busy or self.preview())):
             w.observe(lambda _, f=f: f(), 'value')
         self._on_source(); self._show_precision()
 
@@ -478,6 +531,7 @@ class TrainPanel(_RunPart, _DataPart, _PanelWidgets):
             raise SpecftConfigError(f"RunConfig has no field '{name}'; its fields are: {', '.join(self.defaults)}.")
         self.controls[name] = widget
         if convert is not None: self.convert[name] = convert
+        if name in PREVIEW_FIELDS: widget.observe(lambda _: self.preview(), 'value')  # the preview shows their effect
         self.tabs[tab].children = (*self.tabs[tab].children, widget)
         return widget
 

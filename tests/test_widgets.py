@@ -1,5 +1,5 @@
 "Headless tests of specft.widgets: the panel is built, set and clicked from code, with no kernel or browser"
-import dataclasses, html, json, shlex
+import dataclasses, html, json, re, shlex
 from pathlib import Path
 from types import SimpleNamespace
 import pandas as pd
@@ -109,12 +109,19 @@ def test_command_parses_back_with_the_cli():
 
 # --- data -------------------------------------------------------------------------------------------------------
 
-def test_read_head_reads_only_the_head(tmp_path):
+def test_read_head_reads_as_training_reads(tmp_path):
+    from specft.data import read_table
     good = 'text,label\n' + 'fine,a\n' * 5
     (tmp_path/'f.csv').write_text(good + 'broken,"unclosed\n' + 'x,y,z,w\n' * 3)
-    assert len(read_head(tmp_path/'f.csv', nrows=5)) == 5  # the broken rows below are never parsed
-    with pytest.raises(SpecftError, match='could not be read'): read_head(tmp_path/'f.csv', None)
+    with pytest.raises(SpecftError) as head_err: read_head(tmp_path/'f.csv', nrows=5)  # a file training refuses
+    with pytest.raises(SpecftError) as train_err: read_table(tmp_path/'f.csv')
+    assert str(head_err.value) == str(train_err.value)  # is refused by the preview, with training's message
     with pytest.raises(SpecftError, match='not found'): read_head(tmp_path/'missing.csv')
+    (tmp_path/'sheet.csv').write_bytes(b'PK\x03\x04' + bytes(64))
+    with pytest.raises(SpecftError, match='looks like a zip archive'): read_head(tmp_path/'sheet.csv')
+    (tmp_path/'latin.csv').write_bytes('text,label\ncafé,a\nnaïve,b\n'.encode('cp1252'))
+    with pytest.warns(UserWarning, match='cp1252'): assert read_head(tmp_path/'latin.csv').text.tolist() == ['café', 'naïve']
+    with pytest.warns(UserWarning), pytest.raises(SpecftError, match="no column 'body'"): read_head(tmp_path/'latin.csv', columns=['body'])
 
 def test_uploads_of_both_widget_versions(tmp_path):
     v8 = SimpleNamespace(value=({'name': 'a.csv', 'type': 'text/csv', 'size': 4, 'content': memoryview(b'x,y\n')},))
@@ -127,16 +134,49 @@ def test_uploads_of_both_widget_versions(tmp_path):
 def test_bundled_preview():
     p = TrainPanel()
     assert p.text_col.disabled and (p.text_col.value, p.label_col.value) == ('text', 'label')
-    table = p.preview_out.outputs[1]['data']['text/plain']
+    table = p.preview_out.outputs[2]['data']['text/plain']
     assert all(k in table for k in ('negative', 'neutral', 'positive', 'train', 'test'))
+
+def test_preview_shows_what_training_sees():
+    from specft.data import load_corpus, prepare_corpus
+    p = TrainPanel()
+    rows = p.preview_rows
+    assert rows.columns.tolist() == ['text', 'label', 'raw text'] and rows.index.name == 'row'
+    trained = prepare_corpus(load_corpus('drug-reviews'), pipeline.preprocessing_of(RunConfig()))[0].train.set_index('row')
+    assert rows.text.tolist() == trained.text[rows.index].tolist()
+    shown = p.preview_out.outputs[1]['data']['text/html']
+    assert "didn't want" in shown and 'didn&amp;#039;t' in shown  # the cleaned text, and the raw one (escaped for html) beside it
+    assert '\\r\\r\\n' in ''.join(rows['raw text']) and not any('\r' in t or t.startswith('"') for t in rows.text)
+
+def test_preview_masks_as_configured(tmp_path):
+    (tmp_path/'m.csv').write_text('text,label\nwrite to jo@example.com,a\n"call 555-123-4567\r\nsoon",b\n')
+    p = TrainPanel()
+    p.source.value, p.path.value = 'file', str(tmp_path/'m.csv')
+    assert p.preview_rows.text.tolist() == ['write to [EMAIL]', 'call [PHONE] soon']
+    assert p.preview_rows['raw text'].tolist() == ['write to jo@example.com', 'call 555-123-4567\\r\\nsoon']
+    assert 'personal data masked' in p.preview_out.outputs[0]['data']['text/plain']
+    p.add_control('mask_pii', W.Checkbox(value=True)).value = False  # the preview follows the setting
+    assert p.preview_rows.text.tolist() == ['write to jo@example.com', 'call 555-123-4567 soon']
+    assert 'personal data not masked' in p.preview_out.outputs[0]['data']['text/plain']
+
+def test_preview_reports_what_training_would(tmp_path):
+    (tmp_path/'e.csv').write_text('text,label\nfine,a\n,b\nok,b\n')
+    p = TrainPanel()
+    p.source.value, p.path.value = 'file', str(tmp_path/'e.csv')
+    assert p.preview_rows is None and 'empty text (rows 2)' in p.message  # make_frame's message, before Start
+    (tmp_path/'w.csv').write_bytes('text,label\ncafé,a\nthé,b\n'.encode('cp1252'))
+    p.path.value = str(tmp_path/'w.csv')
+    assert p.preview_rows.text.tolist() == ['café', 'thé'] and 'cp1252' in p.message
 
 def test_file_columns_and_preview(tickets):
     p = TrainPanel()
     p.source.value = 'file'
     p.path.value = str(tickets)
     assert list(p.text_col.options) == ['id', 'body', 'team'] and p.text_col.value is None and not p.text_col.disabled
+    assert 'as read' in p.preview_out.outputs[0]['data']['text/plain'] and 'Choose the text' in p.message
     p.text_col.value, p.label_col.value = 'body', 'team'
-    assert p.preview_out.outputs[1]['data']['text/plain'].split() == ['count', 'team', 'finance', '8', 'it', '4']
+    assert p.preview_out.outputs[2]['data']['text/plain'].split() == ['count', 'team', 'finance', '8', 'it', '4']
+    assert p.preview_rows.label.tolist() == ['finance', 'it', 'finance', 'finance', 'it'] and p.message == ''
     assert p.config().non_default() == {'data': str(tickets), 'text_col': 'body', 'label_col': 'team'}
 
 def test_upload_is_saved_and_used(tickets, tmp_path):
@@ -169,7 +209,7 @@ def test_hub_source(monkeypatch):
     assert list(p.text_col.options) == ['sentence', 'sentiment'] and p.text_col.value is None
     p.text_col.value, p.label_col.value = 'sentence', 'sentiment'
     assert calls == ['someone/reviews']  # streamed once, not again for each column choice
-    assert 'pos' in p.preview_out.outputs[1]['data']['text/plain']
+    assert 'pos' in p.preview_out.outputs[2]['data']['text/plain']
     assert p.config().non_default() == {'data': 'hf:someone/reviews', 'text_col': 'sentence', 'label_col': 'sentiment'}
 
 def test_hub_errors_are_data_errors(monkeypatch):
@@ -216,10 +256,25 @@ def test_nothing_uploaded_is_a_message():
 
 # --- runs -------------------------------------------------------------------------------------------------------
 
+def buttons(p)->list:
+    "Each of Start and Stop: whether it is disabled, its style"
+    return [(b.disabled, b.button_style) for b in (p.start_btn, p.stop_btn)]
+
+def test_disabled_buttons_look_disabled():
+    p = tiny_panel()
+    assert buttons(p) == [(False, 'primary'), (True, '')]  # idle: Stop is grey, not red
+    assert p.stop_btn.tooltip == 'No run is going'
+    p.start_btn.click()
+    assert buttons(p) == [(True, ''), (False, 'danger')] and 'Stop it first' in p.start_btn.tooltip
+    p.stop_btn.click()
+    assert p.stop_btn.disabled and p.stop_btn.button_style == '' and 'Stopping' in p.stop_btn.tooltip
+    p.wait(timeout=300)
+    assert buttons(p) == [(False, 'primary'), (True, '')]
+
 def test_run_from_the_panel_and_its_code(in_tmp):
     p = tiny_panel(redraw_every=0)
     p.start_btn.click()
-    assert p.running and p.start_btn.disabled and not p.stop_btn.disabled
+    assert p.running and buttons(p) == [(True, ''), (False, 'danger')]
     res = p.wait(timeout=300)
     run_dir = p.run_dir
     # auto-named like the CLI's, under ./runs, and shown in the panel
@@ -230,9 +285,13 @@ def test_run_from_the_panel_and_its_code(in_tmp):
     metrics = json.loads((run_dir/'metrics.json').read_text())
     assert metrics['n_train'] == 40 and 'baseline' in metrics
     assert p.progress.value == p.progress.max == p.state.total_steps and p.progress.bar_style == 'success'
-    assert not p.start_btn.disabled and p.stop_btn.disabled
+    assert buttons(p) == [(False, 'primary'), (True, '')]
     assert [list(o['data'])[0] for o in p.results_out.outputs] == ['text/html', 'image/png']
     assert 'accuracy' in p.results_out.outputs[0]['data']['text/html']
+    # three decimals, as `specft train` prints them
+    assert p.results_out.outputs[0]['data']['text/plain'] == res.table().to_string()
+    decimals = re.findall(r'\d\.(\d+)', p.results_out.outputs[0]['data']['text/html'])
+    assert len(decimals) == 3 * len(res.table()) and {len(d) for d in decimals} == {3}
     assert p.plot_out.outputs[0]['data']['image/png'] and p.val_history
     assert len(res.y_true) == len(res.y_pred) == metrics['n_test'] and res.labels == ['negative', 'neutral', 'positive']
     # "Show code" runs the same settings: executed, it writes a run whose recorded settings are the panel's
@@ -275,7 +334,7 @@ def test_error_inside_run_is_a_message(in_tmp):
     p.start()
     assert p.wait(timeout=300) is None
     assert isinstance(p.error, SpecftError) and 'exists already' in p.message and '#b00020' in p.status.value
-    assert p.progress.bar_style == 'danger' and not p.start_btn.disabled
+    assert p.progress.bar_style == 'danger' and buttons(p) == [(False, 'primary'), (True, '')]
 
 def test_unexpected_error_is_shown_and_raised_again():
     class Broken(Callback):
