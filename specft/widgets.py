@@ -13,7 +13,8 @@ from .core import SpecftError, SpecftConfigError, SpecftDataError, choose_precis
 import specft.pipeline as pipeline
 from .pipeline import RunConfig, run, default_run_dir, preprocessing_of
 from .train import Callback, ProgressBar
-from .data import load_corpus, TEXT_SUFFIXES, check_data_path, hub_dataset_name, read_table, make_frame, preprocess_texts
+from .corpus import load_corpus, TEXT_SUFFIXES, check_data_path, hub_dataset_name, read_table, make_frame
+from .clean import preprocess_texts
 from .evaluate import plot_confusion
 
 # %% auto #0
