@@ -4,7 +4,7 @@
 For each share of the training rows (all of them, and a quarter, where augmentation should matter most), each
 seed, and augmentation off/on, this fine-tunes the model on the run's own prepared data (`specft.pipeline.
 prepare_data`: the same loading, cleaning, masking and splits as `specft train`), with the training split, and only
-it, extended by `specft.data.augment_frame` (synonyms from `DRUG_REVIEW_THESAURUS`, random swap and deletion).
+it, extended by `specft.augment.augment_frame` (synonyms from `DRUG_REVIEW_THESAURUS`, random swap and deletion).
 It records the test accuracy and macro-F1 of the best-validation epoch, next to the TF-IDF baseline trained on the
 same (augmented) rows. Writes bench/augment_results.json; `nbs/03_data.ipynb` plots it.
 
@@ -13,7 +13,7 @@ same (augmented) rows. Writes bench/augment_results.json; `nbs/03_data.ipynb` pl
                                              # (its results go to a temporary file unless --out is given)
 The recipe (epochs, lr, max_len, batch size ...) is RunConfig's default, never copied here.
 Data: the bundled drug reviews, a subset of the UCI Drug Review dataset (Gräßer, Kallumadi, Malberg and Zaunseder,
-Digital Health 2018; CC BY 4.0; full citation in specft.data.DRUG_REVIEWS_CITATION).
+Digital Health 2018; CC BY 4.0; full citation in specft.corpus.DRUG_REVIEWS_CITATION).
 """
 import argparse, dataclasses, json, platform, statistics, sys, tempfile, time
 from pathlib import Path

@@ -5,7 +5,7 @@ Trains the bundled MiniLM on the bundled drug-review training split (cleaned, th
 `specft train` run trains on) for one epoch with the same hyper-parameters (batch 16, max length 256,
 lr 5e-5), in one process:
 
-1. `specft.train.fit` (length-bucketed batches from `specft.data.make_loader`, dynamic padding, the model from
+1. `specft.train.fit` (length-bucketed batches from `specft.batch.make_loader`, dynamic padding, the model from
    `build_classifier`, whose dropout draws its masks with `specft.model.fast_dropout`),
 2. `transformers.Trainer` at its defaults (random sampler, `DataCollatorWithPadding`),
 3. `transformers.Trainer` at its fastest setting for this job: `train_sampling_strategy="group_by_length"`,

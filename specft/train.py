@@ -631,7 +631,7 @@ Trainer.fit = _fit
 # %% ../nbs/06_train.ipynb #5bb3acd7
 def fit(
     model:torch.nn.Module,         # a classifier: `model(input_ids, attention_mask) -> logits`
-    train_loader,                  # batches of input_ids, attention_mask, labels (`specft.data.make_loader`)
+    train_loader,                  # batches of input_ids, attention_mask, labels (`specft.batch.make_loader`)
     val_loader,                    # validation batches, evaluated after every epoch; None: no validation
     cfg:TrainConfig|None=None,     # settings; None: `TrainConfig()`
     callbacks=(),                  # `Callback`s, called in order

@@ -55,7 +55,7 @@ def read_head(
     nrows:int|None=5,    # the first `nrows` rows; None: all
     columns=None,        # only these columns; None: all
 )->pd.DataFrame:
-    "The first `nrows` rows (of `columns`) of a data file, read by `specft.data.read_table`, the reader training uses"
+    "The first `nrows` rows (of `columns`) of a data file, read by `specft.corpus.read_table`, the reader training uses"
     df = read_table(path)[0].drop(columns='row')
     if columns is not None and (missing := [c for c in columns if c not in df.columns]):
         raise SpecftDataError(f"{path} has no column {missing[0]!r}; its columns are: {', '.join(map(str, df.columns))}.")
@@ -68,7 +68,7 @@ def _visible(t):
     return ''.join(repr(c)[1:-1] if unicodedata.category(c) == 'Cc' else c for c in t) if isinstance(t, str) else t
 
 def preview_frame(
-    frame:pd.DataFrame, # text/label/row rows as `specft.data.make_frame` gives them (texts as read)
+    frame:pd.DataFrame, # text/label/row rows as `specft.corpus.make_frame` gives them (texts as read)
     settings:dict,      # the run's preprocessing settings (`specft.pipeline.preprocessing_of`)
     nrows:int=5,        # how many rows to show
 )->pd.DataFrame:        # index `row`; columns text (as training sees it), label, raw text
@@ -155,7 +155,7 @@ def hub_head(
 )->pd.DataFrame:
     "The first `nrows` rows of the train split of hub dataset `name`, streamed"
     from datasets import load_dataset
-    repo, config = hub_dataset_name(name)  # NAME:CONFIG, as `specft.data.load_corpus` reads it
+    repo, config = hub_dataset_name(name)  # NAME:CONFIG, as `specft.corpus.load_corpus` reads it
     try: return pd.DataFrame(list(itertools.islice(load_dataset(repo, config, split='train', streaming=True), nrows)))
     except Exception as e:  # the hub raises many kinds: not found, no network, gated, no train split
         raise SpecftDataError(f"hf:{name}: could not read its train split from the Hugging Face hub "

@@ -110,7 +110,7 @@ def test_command_parses_back_with_the_cli():
 # --- data -------------------------------------------------------------------------------------------------------
 
 def test_read_head_reads_as_training_reads(tmp_path):
-    from specft.data import read_table
+    from specft.corpus import read_table
     good = 'text,label\n' + 'fine,a\n' * 5
     (tmp_path/'f.csv').write_text(good + 'broken,"unclosed\n' + 'x,y,z,w\n' * 3)
     with pytest.raises(SpecftError) as head_err: read_head(tmp_path/'f.csv', nrows=5)  # a file training refuses
@@ -138,7 +138,8 @@ def test_bundled_preview():
     assert all(k in table for k in ('negative', 'neutral', 'positive', 'train', 'test'))
 
 def test_preview_shows_what_training_sees():
-    from specft.data import load_corpus, prepare_corpus
+    from specft.corpus import load_corpus
+    from specft.clean import prepare_corpus
     p = TrainPanel()
     rows = p.preview_rows
     assert rows.columns.tolist() == ['text', 'label', 'raw text'] and rows.index.name == 'row'
@@ -222,7 +223,7 @@ def test_hub_errors_are_data_errors(monkeypatch):
     def rows(name, config=None, **kw): seen.append((name, config)); return iter([{'text': 'a', 'label': 'x'}] * 3)
     monkeypatch.setattr(datasets, 'load_dataset', rows)
     assert len(hub_head('nyu-mll/glue:sst2', nrows=2)) == 2 and len(hub_head('hf:imdb')) == 3
-    assert seen == [('nyu-mll/glue', 'sst2'), ('imdb', None)]   # NAME:CONFIG read as specft.data reads it
+    assert seen == [('nyu-mll/glue', 'sst2'), ('imdb', None)]   # NAME:CONFIG read as specft.corpus reads it
     monkeypatch.setattr(datasets, 'load_dataset', offline)
     p = TrainPanel()
     p.source.value = 'hub'; p.hub.value = 'someone/reviews'
