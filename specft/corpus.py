@@ -213,7 +213,7 @@ def sniff_delimiter(
 )->str:             # the delimiter to read it with
     "`default`, unless the header does not split on it and another of `DELIMITERS` splits most sampled lines alike"
     head = _records(text, default, sample)
-    if head is not None and head and head[0][1] > 1: return default
+    if head and head[0][1] > 1: return default
     best, share = default, 0.5
     for sep in DELIMITERS:
         recs = None if sep == default else _records(text, sep, sample)
