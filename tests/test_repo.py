@@ -71,3 +71,16 @@ def test_one_flag_regex():
     for f in ('nbs/conftest.py', 'tools/run_nb.py', 'tools/run_cells.py'):
         src = (ROOT/f).read_text()
         assert 'from nbflags import cell_flags' in src and 'slow|cuda' not in src, f
+
+def test_make_test_runs_each_notebook_once():
+    "nbdev_test takes the notebooks without checked outputs, nbval the ones with them: together all, none twice"
+    out = subprocess.run(['make', '-n', '-W', 'settings.ini', 'test'], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    nbdev_line = next(l for l in out.splitlines() if 'nbdev_test' in l)
+    skip = re.compile(re.search(r"--skip_file_re '([^']*)'", nbdev_line)[1])
+    nbval_line = next(l for l in out.splitlines() if '--nbval-lax' in l)
+    notebooks = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT/'nbs').rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts)
+    by_nbval = {f for f in nbval_line.split() if f.endswith('.ipynb')}
+    by_nbdev = {f for f in notebooks if not skip.search(Path(f).name)}
+    assert by_nbval == {f for f in notebooks if 'NBVAL_CHECK_OUTPUT' in (ROOT/f).read_text()}
+    assert not by_nbval & by_nbdev and by_nbval | by_nbdev == set(notebooks)
+    assert 'OMP_NUM_THREADS' not in nbdev_line + nbval_line       # the notebooks run at the default thread count
