@@ -6,7 +6,7 @@ seed, and augmentation off/on, this fine-tunes the model on the run's own prepar
 prepare_data`: the same loading, cleaning, masking and splits as `specft train`), with the training split, and only
 it, extended by `specft.augment.augment_frame` (synonyms from `DRUG_REVIEW_THESAURUS`, random swap and deletion).
 It records the test accuracy and macro-F1 of the best-validation epoch, next to the TF-IDF baseline trained on the
-same (augmented) rows. Writes bench/augment_results.json; `nbs/03_data.ipynb` plots it.
+same (augmented) rows. Writes bench/augment_results.json; `nbs/03e_augment.ipynb` plots it.
 
     python bench/augment.py                  # MiniLM, 5 seeds x 2 shares x off/on = 20 fine-tunes (a GPU makes this minutes)
     python bench/augment.py --quick          # the tiny model, 1 epoch, 1 seed, a quarter of the rows: a smoke test on CPU

@@ -3,7 +3,7 @@
 
 Cells flagged `#| cuda` run only where torch sees a GPU; with `--skip slow` the `slow` cells are
 skipped too. A skipped cell keeps the outputs it had, so committed notebooks show every result.
-Usage: python tools/run_nb.py nbs/03_data.ipynb [more.ipynb ...] [--skip slow] [--timeout 900]
+Usage: python tools/run_nb.py nbs/03a_corpus.ipynb [more.ipynb ...] [--skip slow] [--timeout 900]
 """
 import argparse, copy, sys
 from pathlib import Path
