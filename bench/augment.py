@@ -24,7 +24,7 @@ from specft.augment import DRUG_REVIEW_THESAURUS, augment_frame
 from specft.evaluate import baseline_metrics, compute_metrics
 from specft.model import build_classifier
 from specft.pipeline import RunConfig, prepare_data
-from specft.train import TrainConfig, fit, predict_logits
+from specft.train import fit, predict_logits
 
 def loader(tok, df, labels, cfg, shuffle=False):
     "A length-bucketed loader over the rows of `df`"
@@ -39,8 +39,7 @@ def one_run(cfg:RunConfig, frac:float, augment:bool, n_aug:int)->dict:
     n_orig = len(train)
     if augment: train, _ = augment_frame(train, n_aug=n_aug, thesaurus=DRUG_REVIEW_THESAURUS, seed=cfg.seed)
     model, tok = build_classifier(cfg.model, num_labels=len(data.labels), pooling=cfg.pooling, seed=cfg.seed)
-    tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, head_lr_scale=cfg.head_lr_scale, weight_decay=cfg.weight_decay,
-                       warmup=cfg.warmup, class_weights=cfg.class_weights, precision=cfg.precision, device=cfg.device, seed=cfg.seed)
+    tcfg = cfg.train_config()   # the run's training settings, as `specft train` passes them
     state = fit(model, loader(tok, train, data.labels, cfg, shuffle=True), loader(tok, data.val, data.labels, cfg), tcfg,
                 labels=data.labels.names)
     y = data.labels.encode(data.test.label)
@@ -48,7 +47,7 @@ def one_run(cfg:RunConfig, frac:float, augment:bool, n_aug:int)->dict:
     m = compute_metrics(y, pred, data.labels.names)
     b = baseline_metrics(train.text.tolist(), data.labels.encode(train.label), data.test.text.tolist(), y, data.labels.names)
     return {'train_frac': frac, 'augment': augment, 'seed': cfg.seed, 'n_train_rows': n_orig, 'n_train_texts': len(train),
-            'n_test': len(y), 'best_epoch': state.best_epoch, 'accuracy': m['accuracy'], 'macro_f1': m['macro_f1'],
+            'n_test': len(y), 'best_epoch': state.kept_epoch, 'accuracy': m['accuracy'], 'macro_f1': m['macro_f1'],
             'baseline': {k: b[k] for k in ('accuracy', 'macro_f1')}}
 
 def summarise(runs:list[dict])->dict:

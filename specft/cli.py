@@ -4,14 +4,14 @@
 
 # %% ../nbs/12_cli.ipynb #602afb27
 from __future__ import annotations
-import argparse, dataclasses, inspect, json, re, shutil, sys
+import argparse, dataclasses, inspect, json, os, re, sys, tempfile, traceback
 from pathlib import Path
-import pandas as pd
 from .core import SpecftError, SpecftConfigError, SpecftDataError
-from .pipeline import RunConfig, run, Predictor, evaluate_run, saved_config, kept_by
+from .corpus import TEXT_SUFFIXES, decode_bytes, read_table, _pick_column
+from .pipeline import RunConfig, run, Predictor, evaluate_run, resume_settings, default_run_dir, kept_by
 
 # %% auto #0
-__all__ = ['field_help', 'add_config_flags', 'config_from_args', 'typed_fields', 'build_parser', 'read_texts', 'resume_config',
+__all__ = ['field_help', 'add_config_flags', 'config_from_args', 'typed_fields', 'build_parser', 'read_texts', 'write_error_log',
            'main']
 
 # %% ../nbs/12_cli.ipynb #bc3e13d7
@@ -63,8 +63,6 @@ def build_parser()->argparse.ArgumentParser:
     q.add_argument('run_dir'); q.add_argument('texts', nargs='*', metavar='TEXT')
     q.add_argument('--file', help='a .txt file (one text per line) or a csv/tsv/jsonl/parquet file with --text-col')
     q.add_argument('--text-col', default='text'); q.add_argument('--device', default='auto')
-    s = sub.add_parser('serve', help='serve a run folder over HTTP (not built yet)')
-    s.add_argument('run_dir'); s.add_argument('--port', type=int, default=8000); s.add_argument('--token-file')
     return p
 
 # %% ../nbs/12_cli.ipynb #dab5af73
@@ -72,32 +70,19 @@ def read_texts(path:str, text_col:str='text')->list[str]:
     "Texts to predict from `path`: one per line of a .txt file, or the `text_col` column of a table"
     p = Path(path)
     if not p.is_file(): raise SpecftDataError(f"--file {path}: no such file. Check the path.")
-    if p.suffix.lower() not in ('.csv', '.tsv', '.jsonl', '.json', '.parquet'):
-        return [l for l in p.read_text(encoding='utf-8').splitlines() if l.strip()]
-    from specft.corpus import read_table
+    if p.suffix.lower() == '.txt' or p.suffix.lower() not in {*TEXT_SUFFIXES, '.parquet'}:
+        return [l for l in decode_bytes(p.read_bytes(), str(p))[0].splitlines() if l.strip()]
     df, _ = read_table(p)
-    if text_col not in df.columns:
-        raise SpecftDataError(f"{path}: no column '{text_col}'; its columns are: {', '.join(map(str, df.columns))}. "
-                              "Pass --text-col with one of them.")
-    return df[text_col].astype(str).tolist()
+    return df[_pick_column(df, text_col, 'text', str(p))].astype(str).tolist()
 
 # %% ../nbs/12_cli.ipynb #e0f57071
-def resume_config(a:argparse.Namespace, typed:set[str])->RunConfig:
-    "The settings of the run in `--out` to resume; a typed flag that differs from them is an error"
-    saved_file = Path(a.out or '')/'run.json'
-    if not a.out or not saved_file.is_file():
-        raise SpecftConfigError(f"--resume needs --out RUN_DIR naming the folder of an earlier run (one with run.json); "
-                                f"{saved_file} does not exist.")
-    saved = json.loads(saved_file.read_text())['config']
-    bad = [f"--{k.replace('_', '-')} {getattr(a, k)!r} (the run has {saved.get(k)!r})"
-           for k in sorted(typed - {'resume', 'out', 'overwrite'}) if saved.get(k) != getattr(a, k)]
-    if bad: raise SpecftConfigError(f"--resume takes its settings from {saved_file}, but these flags differ: "
-                                    + '; '.join(bad) + ". Drop them, or start a new run with another --out.")
-    return saved_config(saved, resume=True, overwrite=False, out=a.out)
-
 def _train(a, argv):
+    "specft train: the settings (on --resume, the run's), the run folder's name, the run, and its results"
     from specft.train import ProgressBar
-    cfg = resume_config(a, typed_fields(argv)) if a.resume else config_from_args(a)
+    cfg = config_from_args(a)
+    if cfg.resume: cfg = resume_settings(cfg, typed_fields(argv))
+    if not cfg.out: cfg = dataclasses.replace(cfg, out=str(default_run_dir(cfg)))
+    a.out = cfg.out   # for an internal error's error.log
     res = run(cfg, callbacks=[ProgressBar()])
     print(res.table().to_string())
     print(f"\nepoch kept: {res.metrics['best_epoch']} ({kept_by(cfg.select_metric)}); test rows: {res.metrics['n_test']}")
@@ -111,21 +96,38 @@ def _predict(a):
     if not texts: raise SpecftConfigError("specft predict: no texts given. Pass texts as arguments or --file FILE.")
     for row in Predictor.load(a.run_dir, a.device).predict(texts): print(json.dumps(row, ensure_ascii=False))
 
-def _serve(a):
-    raise SpecftConfigError("specft serve is not built yet in this version; use `specft predict` "
-                            "or `specft.pipeline.Predictor` from Python.")
+def write_error_log(
+    e:BaseException,   # the unexpected exception
+    run_dir=None,      # the run folder of `specft train`, if it has one
+)->Path:               # the file that holds the traceback
+    "Write the traceback of `e` to `run_dir/error.log` when `run_dir` is a run folder (or empty), else to a temporary file"
+    tb = ''.join(traceback.format_exception(e))
+    d = Path(run_dir) if run_dir else None
+    names = {p.name for p in d.iterdir()} if d is not None and d.is_dir() else None
+    if names is not None and ('run.json' in names or names <= {'error.log'}):
+        try: (d/'error.log').write_text(tb); return d/'error.log'
+        except OSError: pass   # a read-only folder: the temporary file below
+    fd, name = tempfile.mkstemp(prefix='specft-error-', suffix='.log')
+    with os.fdopen(fd, 'w') as f: f.write(tb)
+    return Path(name)
 
 def main(argv=None)->int:
-    "Entry point of the `specft` command; returns the exit code"
+    "Entry point of the `specft` command; returns the exit code: 2 for an error the user can fix, 1 for a bug"
     argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
     try:
         if a.command == 'train': _train(a, argv)
-        else: {'evaluate': _evaluate, 'predict': _predict, 'serve': _serve}[a.command](a)
+        else: {'evaluate': _evaluate, 'predict': _predict}[a.command](a)
     except SpecftError as e:
         print(f"specft {a.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"specft {a.command}: interrupted. A training run can be continued with --resume --out RUN_DIR.", file=sys.stderr)
         return 130
+    except Exception as e:
+        if os.environ.get('SPECFT_DEBUG', '') not in ('', '0'): raise   # the whole traceback, as Python shows it
+        path = write_error_log(e, getattr(a, 'out', None) if a.command == 'train' else None)
+        print(f"specft: internal error ({type(e).__name__}: {' '.join(str(e).split())}); the details are in {path}; "
+              "please report it", file=sys.stderr)
+        return 1
     return 0

@@ -258,8 +258,7 @@ def freeze(
 )->Classifier:          # the same classifier
     "Set which parameters of `clf` train, for the fine-tuning `method`"
     if method not in METHODS:
-        raise SpecftConfigError(f"method '{method}' is not available here; use one of: {', '.join(METHODS)} "
-                                "(lora, adapter and prefix come with specft.peft).")
+        raise SpecftConfigError(f"method '{method}' is not available here; use one of: {', '.join(METHODS)}.")
     for p in clf.backbone.parameters(): p.requires_grad_(method == 'full')
     for p in clf.head.parameters(): p.requires_grad_(True)
     return clf

@@ -4,31 +4,30 @@
 
 # %% ../nbs/09_pipeline.ipynb #5ee5ebb9
 from __future__ import annotations
-import dataclasses, datetime, hashlib, json, math, platform, shutil, subprocess
+import dataclasses, datetime, hashlib, json, platform, shutil, subprocess
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import transformers
 from sklearn.model_selection import train_test_split
 import specft
-from .core import SpecftConfigError, SpecftDataError, PRECISIONS, get_device, choose_precision, set_seed
+from .core import SpecftConfigError, SpecftDataError, get_device, choose_precision, set_seed
 from .corpus import load_corpus, read_table, make_frame
 from .clean import prepare_corpus, preprocessing_settings, preprocess_texts
 from .split import split_corpus, LabelMap
 from .batch import encode_texts, make_loader
 from .model import METHODS, POOLINGS, build_classifier, save_classifier, load_classifier, count_params, freeze
-from .train import CLASS_WEIGHT_POWERS, METRICS, TrainConfig, fit, predict_logits, TrainState
+from .train import (TrainConfig, TrainState, check_train_config, fit, predict_logits, latest_checkpoint,
+                          remove_checkpoints)
 from .evaluate import compute_metrics, baseline_metrics, metrics_table
 from .core import md_table
 
 # %% auto #0
-__all__ = ['PLANNED_METHODS', 'RunConfig', 'check_config', 'default_run_dir', 'saved_config', 'prepare_run_dir', 'data_sha256',
+__all__ = ['RunConfig', 'check_config', 'default_run_dir', 'saved_config', 'resume_settings', 'prepare_run_dir', 'data_sha256',
            'versions', 'git_commit', 'preprocessing_of', 'PreparedData', 'prepare_data', 'RunResult', 'run', 'kept_by',
            'model_card', 'Predictor', 'evaluate_run']
 
 # %% ../nbs/09_pipeline.ipynb #13990aa5
-PLANNED_METHODS = ('lora', 'adapter', 'prefix')  # flags of the design that give a clear error until they are built
-
 @dataclass
 class RunConfig:
     "Every setting of a fine-tuning run; one field per `specft train` flag, same defaults"
@@ -42,24 +41,25 @@ class RunConfig:
     model:str = 'minilm'          # 'minilm', 'tiny', a hub id or a local folder
     pooling:str = 'mean'          # 'mean' or 'cls'
     method:str = 'full'           # 'full' fine-tune or 'head' only
-    epochs:int = 5                # passes over the training rows
-    lr:float = 8e-5               # peak learning rate of the backbone
-    head_lr_scale:float = 10.0    # the head's learning rate is `lr * head_lr_scale`
+    epochs:int = TrainConfig.epochs                # passes over the training rows
+    lr:float = TrainConfig.lr               # peak learning rate of the backbone
+    head_lr_scale:float = TrainConfig.head_lr_scale    # the head's learning rate is `lr * head_lr_scale`
     batch_size:int = 16           # rows per step
     max_len:int = 320             # tokens kept per text
-    warmup:float = 0.1            # share of steps with linear warmup
-    weight_decay:float = 0.01     # decoupled weight decay (not on biases and norms)
-    class_weights:str = 'none'    # 'none', 'sqrt' (square root of inverse frequency) or 'auto' (inverse frequency)
-    logit_adjust:float = 0.5      # tau of the logit-adjusted loss: 0 plain cross-entropy, 1 balanced (see 06_train)
-    select_metric:str = 'last'    # the epoch kept: 'last', or the best by validation 'macro_f1', 'accuracy' or 'loss'
-    precision:str = 'auto'        # 'auto', 'fp32', 'bf16' or 'fp16'
-    seed:int = 0                  # seeds the split, the head, dropout and batch order
-    device:str = 'auto'           # 'auto', 'cpu' or 'cuda'
+    warmup:float = TrainConfig.warmup            # share of steps with linear warmup
+    weight_decay:float = TrainConfig.weight_decay     # decoupled weight decay (not on biases and norms)
+    class_weights:str = TrainConfig.class_weights    # 'none', 'sqrt' (square root of inverse frequency) or 'auto' (inverse frequency)
+    logit_adjust:float = TrainConfig.logit_adjust      # tau of the logit-adjusted loss: 0 plain cross-entropy, 1 balanced (see 06_train)
+    select_metric:str = TrainConfig.select_metric    # the epoch kept: 'last', or the best by validation 'macro_f1', 'accuracy' or 'loss'
+    precision:str = TrainConfig.precision        # 'auto', 'fp32', 'bf16' or 'fp16'
+    seed:int = TrainConfig.seed                  # seeds the split, the head, dropout and batch order
+    device:str = TrainConfig.device           # 'auto', 'cpu' or 'cuda'
     out:str|None = None           # run folder; default runs/<data>-<model>-<time>
     resume:bool = False           # continue the run in `out` with its saved settings
     overwrite:bool = False        # replace an existing run folder
+    keep_checkpoints:bool = False # keep checkpoints/ after the run ends well (deleted by default; resuming needs them only while a run is going)
     mask_pii:bool = True          # mask personal data before training
-    log_every:int = 10            # a training-loss row in history.csv every N steps
+    log_every:int = TrainConfig.log_every            # a training-loss row in history.csv every N steps
     max_train_rows:int|None = None  # use only the first N training rows (quick tries)
     drop_empty:bool = False       # drop (and report) rows with an empty text or label instead of failing
 
@@ -68,33 +68,28 @@ class RunConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if getattr(self, f.name) != f.default}
 
+    def train_config(self)->TrainConfig:
+        "The engine's settings of this run: every field `TrainConfig` shares with `RunConfig`, the others at their defaults"
+        mine = {f.name for f in dataclasses.fields(self)}
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig) if f.name in mine})
+
 # %% ../nbs/09_pipeline.ipynb #d4e4ee05
-_CHOICES = {'pooling': POOLINGS, 'class_weights': tuple(CLASS_WEIGHT_POWERS), 'select_metric': METRICS,
-            'precision': PRECISIONS, 'task': ('rating', 'condition')}
+_CHOICES = {'pooling': POOLINGS, 'method': METHODS, 'task': ('rating', 'condition')}
 
 def check_config(cfg:RunConfig)->RunConfig:
     "Raise `SpecftConfigError` for a setting that cannot work, naming the flag and the fix"
     for name, ok in _CHOICES.items():
         if getattr(cfg, name) not in ok:
             raise SpecftConfigError(f"--{name.replace('_','-')} {getattr(cfg, name)!r} is not known; use one of: {', '.join(ok)}.")
-    if cfg.method in PLANNED_METHODS:
-        raise SpecftConfigError(f"--method {cfg.method} is not built yet in specft {specft.__version__}; "
-                                f"use one of: {', '.join(METHODS)}.")
-    if cfg.method not in METHODS:
-        raise SpecftConfigError(f"--method {cfg.method!r} is not known; use one of: {', '.join(METHODS)}.")
-    for name in ('epochs', 'batch_size', 'max_len', 'log_every'):
-        if getattr(cfg, name) < 1: raise SpecftConfigError(f"--{name.replace('_','-')} must be at least 1, got {getattr(cfg, name)}.")
-    if not cfg.lr > 0: raise SpecftConfigError(f"--lr must be positive, got {cfg.lr}.")
-    if not (math.isfinite(cfg.logit_adjust) and cfg.logit_adjust >= 0):
-        raise SpecftConfigError(f"--logit-adjust must be a number >= 0 (0: plain cross-entropy, 1: balanced), got {cfg.logit_adjust}.")
-    for name, low in (('val_frac', 0), ('test_frac', 0), ('warmup', None)):
-        v = getattr(cfg, name)
-        if not ((v > 0) if low == 0 else (v >= 0)) or not v < 1:
-            raise SpecftConfigError(f"--{name.replace('_','-')} must be in {'(0' if low == 0 else '[0'}, 1), got {v}.")
+    for name in ('batch_size', 'max_len'):
+        if not getattr(cfg, name) >= 1: raise SpecftConfigError(f"--{name.replace('_','-')} must be at least 1, got {getattr(cfg, name)}.")
+    for name in ('val_frac', 'test_frac'):
+        if not 0 < getattr(cfg, name) < 1:
+            raise SpecftConfigError(f"--{name.replace('_','-')} must be in (0, 1), got {getattr(cfg, name)}.")
     if cfg.max_train_rows is not None and cfg.max_train_rows < 1:
         raise SpecftConfigError(f"--max-train-rows must be at least 1, got {cfg.max_train_rows}.")
     if cfg.resume and cfg.overwrite: raise SpecftConfigError("--resume and --overwrite contradict each other; give one.")
-    get_device(cfg.device); choose_precision(cfg.precision, cfg.device)
+    check_train_config(cfg.train_config())
     return cfg
 
 # %% ../nbs/09_pipeline.ipynb #885c9ecc
@@ -109,37 +104,49 @@ def default_run_dir(cfg:RunConfig, now:datetime.datetime|None=None)->Path:
     return Path('runs')/f"{_slug(cfg.data)}-{_slug(cfg.model)}-{now:%Y%m%d-%H%M%S}"
 
 # %% ../nbs/09_pipeline.ipynb #15c84f5b
-def _diff_settings(saved:dict, cfg:RunConfig)->list[str]:
-    "Flags given again on resume that differ from the saved run's"
-    given = {k: v for k, v in cfg.non_default().items() if k not in ('resume', 'overwrite', 'out')}
-    return [f"--{k.replace('_','-')} {v!r} (the run has {saved.get(k)!r})" for k, v in given.items() if saved.get(k) != v]
-
-_BEFORE = {'select_metric': 'macro_f1', 'logit_adjust': 0.0}   # what runs did before the field existed (run.json written without it)
+_BEFORE = {'select_metric': 'macro_f1', 'logit_adjust': 0.0}   # only for reading old run folders: what a run.json written
+                                                                 # before the field existed meant (today's defaults are TrainConfig's)
+_FREE_ON_RESUME = ('resume', 'overwrite', 'out', 'keep_checkpoints')   # settings a resume may change
 
 def saved_config(saved:dict, **changes)->RunConfig:
     "The `RunConfig` of a run.json's 'config', with `changes`; a field the file predates gets its behaviour of then"
     return RunConfig(**{**_BEFORE, **saved, **changes})
 
+def resume_settings(
+    cfg:RunConfig,                 # settings with `resume=True` and `out` naming the run folder
+    given:set[str]|None=None,      # the settings given again (the CLI: the flags typed); None: those that differ from the defaults
+)->RunConfig:                      # the saved run's settings, to continue it with
+    "The settings of the run in `cfg.out` to resume; a setting given again that differs from the saved one is an error"
+    if not cfg.out:
+        raise SpecftConfigError("--resume needs --out RUN_DIR naming the folder of an earlier run (one with run.json).")
+    out = Path(cfg.out)
+    if not (out/'run.json').is_file():
+        raise SpecftConfigError(f"--resume: {out} holds no run.json, so there is no run to resume. "
+                                "Give the folder of an earlier run with --out, or drop --resume.")
+    old = saved_config(json.loads((out/'run.json').read_text())['config'])
+    given = set(cfg.non_default()) if given is None else set(given)
+    bad = [f"--{f.name.replace('_','-')} {getattr(cfg, f.name)!r} (the run has {getattr(old, f.name)!r})"
+           for f in dataclasses.fields(cfg) if f.name in given and f.name not in _FREE_ON_RESUME
+           and getattr(cfg, f.name) != getattr(old, f.name)]
+    if bad: raise SpecftConfigError(f"--resume takes its settings from {out/'run.json'}, but these flags differ: "
+                                    + '; '.join(bad) + ". Drop them, or start a new run with another --out.")
+    if (out/'metrics.json').exists() and latest_checkpoint(out) is None:
+        raise SpecftConfigError(f"--resume: the run in {out} has finished (it has metrics.json and no checkpoints), so there "
+                                "is nothing to resume. Use --overwrite to train it again, or --out to name another folder.")
+    return dataclasses.replace(old, resume=True, overwrite=False, out=str(out), keep_checkpoints=cfg.keep_checkpoints)
+
 def prepare_run_dir(cfg:RunConfig)->tuple[RunConfig, Path]:
     "Resolve the run folder of `cfg`; on resume, the saved settings. Refuses to clobber anything"
+    if cfg.resume: cfg = resume_settings(cfg)
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     if out.exists() and not out.is_dir():
         raise SpecftConfigError(f"--out {out} is a file, not a folder; name a new folder for the run.")
-    exists = out.exists() and any(out.iterdir())
-    if cfg.resume:
-        if not (out/'run.json').exists():
-            raise SpecftConfigError(f"--resume: {out} holds no run.json, so there is no run to resume. "
-                                    "Give the folder of an earlier run with --out, or drop --resume.")
-        saved = json.loads((out/'run.json').read_text())['config']
-        if bad := _diff_settings(saved, cfg):
-            raise SpecftConfigError(f"--resume takes its settings from {out/'run.json'}, but these flags differ: "
-                                    + '; '.join(bad) + ". Drop them, or start a new run with another --out.")
-        cfg = saved_config(saved, resume=True, overwrite=False, out=str(out))
-    elif exists and not cfg.overwrite:
+    names = {p.name for p in out.iterdir()} if out.exists() else set()
+    if names and not cfg.resume and not cfg.overwrite:
         raise SpecftConfigError(f"the run folder {out} exists already. Use --resume to continue it, "
                                 "--overwrite to replace it, or --out to name another folder.")
-    elif exists:
-        if not (out/'run.json').exists():
+    if names and cfg.overwrite:
+        if 'run.json' not in names and names != {'error.log'}:
             raise SpecftConfigError(f"--overwrite: {out} is not a specft run folder (no run.json) and is not empty; "
                                     "refusing to delete it. Choose another --out.")
         shutil.rmtree(out)
@@ -226,13 +233,6 @@ class RunResult:
         "Test accuracy, macro-F1 and per-class F1 of the model next to the baseline"
         return metrics_table(self.metrics, self.baseline).round(3)
 
-def _train_config(cfg:RunConfig)->TrainConfig:
-    "The engine's settings for run settings `cfg`"
-    return TrainConfig(epochs=cfg.epochs, lr=cfg.lr, head_lr_scale=cfg.head_lr_scale, weight_decay=cfg.weight_decay,
-                       warmup=cfg.warmup, class_weights=cfg.class_weights, logit_adjust=cfg.logit_adjust,
-                       select_metric=cfg.select_metric, precision=cfg.precision, device=cfg.device, seed=cfg.seed,
-                       log_every=cfg.log_every)
-
 def _encode(tok, df:pd.DataFrame, labels:LabelMap, cfg:RunConfig, shuffle=False):
     "A length-bucketed loader over the rows of `df`"
     ids = encode_texts(tok, df['text'].tolist(), cfg.max_len)
@@ -260,7 +260,7 @@ def run(
     data.labels.save(out/'labels.json')
     train_dl, val_dl, test_dl = (_encode(tok, df, data.labels, cfg, shuffle=df is data.train)
                                  for df in (data.train, data.val, data.test))
-    state = fit(model, train_dl, val_dl, _train_config(cfg), callbacks=callbacks,
+    state = fit(model, train_dl, val_dl, cfg.train_config(), callbacks=callbacks,
                 out_dir=out, labels=data.labels.names, resume=cfg.resume)
     probs = predict_logits(model, test_dl, device=cfg.device, precision=choose_precision(cfg.precision, cfg.device)).softmax(-1)
     y_true, y_pred = data.labels.encode(data.test['label']), probs.argmax(-1).tolist()
@@ -269,10 +269,11 @@ def run(
                             data.test['text'].tolist(), y_true, data.labels.names)
     counts = {'n_test': len(data.test), 'n_train': len(data.train), 'n_val': len(data.val),
               'n_leaked_test': len(data.report['leaked_test_rows'])}
-    metrics.update(counts, best_epoch=state.best_epoch, baseline={**base, **counts})
+    metrics.update(counts, best_epoch=state.kept_epoch, baseline={**base, **counts})   # DESIGN's key for the kept epoch
     save_classifier(model, tok, out, data.labels.names)
     (out/'metrics.json').write_text(json.dumps(metrics, indent=2))
     (out/'card.md').write_text(model_card(info, metrics))
+    if state.step >= state.total_steps: remove_checkpoints(out, keep_steps=cfg.keep_checkpoints)   # else stopped: resumable
     return RunResult(out, metrics, metrics['baseline'], state, y_true, y_pred, data.labels.names)
 
 # %% ../nbs/09_pipeline.ipynb #a934e4a0

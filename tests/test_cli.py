@@ -131,7 +131,9 @@ def test_drop_empty_flag_drops_and_reports(tmp_path, capsys):
 
 def test_bad_flags(tmp_path, capsys):
     code, _, err = call(capsys, 'train', *TINY, '--method', 'lora', '--out', str(tmp_path/'r'))
-    assert code == 2 and 'not built yet' in err
+    assert code == 2 and "--method 'lora' is not known; use one of: full, head" in err
+    with pytest.raises(SystemExit) as e: main(['serve', str(tmp_path)])   # no placeholder commands
+    assert e.value.code == 2
     code, _, err = call(capsys, 'train', *TINY, '--logit-adjust', '-1', '--out', str(tmp_path/'r'))
     assert code == 2 and '--logit-adjust must be a number >= 0' in err and not (tmp_path/'r').exists()
     with pytest.raises(SystemExit) as e: main(['train', '--epochs', 'many'])
@@ -153,6 +155,64 @@ def test_user_file_split_and_resume_refuses_changed_flags(tmp_path, capsys):
     assert code == 2 and '--epochs 5' in err and '(the run has 1)' in err
     code, _, err = call(capsys, 'train', '--resume')
     assert code == 2 and '--resume needs --out' in err
+    code, _, err = call(capsys, 'train', '--resume', '--out', str(out))   # finished: no checkpoints left to resume from
+    assert code == 2 and 'has finished' in err and '--overwrite' in err
+
+def test_finished_run_folder_is_lean(run_dir):
+    "checkpoints/ is gone once the run ends well: the folder is the model, its tokenizer and a few records"
+    assert not (run_dir/'checkpoints').exists()
+    files = {p.name: p.stat().st_size for p in run_dir.rglob('*') if p.is_file()}
+    model = sum(b for n, b in files.items() if n in ('model.safetensors', 'config.json')
+                or n.startswith(('tokenizer', 'special_tokens', 'vocab')))
+    assert sum(files.values()) <= 1.2 * model, files
+
+def test_predict_file_uses_the_training_reader(run_dir, tmp_path):
+    f = tmp_path/'t.csv'; pd.DataFrame({'Review': ['good', 'bad']}).to_csv(f, index=False)
+    r = sh('predict', str(run_dir), '--file', str(f), '--text-col', 'review')
+    assert r.returncode == 2 and "Did you mean 'Review'? Pass --text-col Review" in r.stderr
+    (tmp_path/'t.tsv').write_bytes('text\tx\ncaf\xe9 au lait\t1\n'.encode('cp1252'))   # decoded as training decodes it
+    r = sh('predict', str(run_dir), '--file', str(tmp_path/'t.tsv'))
+    assert r.returncode == 0 and json.loads(r.stdout)['text'] == 'caf\xe9 au lait'
+
+# A bug, simulated: `python -c` replaces a function of specft.pipeline with one that raises, then runs the command
+FAULT = ("import sys, specft.pipeline as p; from specft.cli import main\n"
+         "def boom(*a, **k): raise RuntimeError('simulated bug')\n"
+         "setattr(p, sys.argv.pop(1), boom); sys.exit(main(sys.argv[1:]))")
+
+def faulty(where, *args, **env):
+    return subprocess.run([sys.executable, '-c', FAULT, where, *args], capture_output=True, text=True,
+                          env={**os.environ, 'HF_HUB_OFFLINE': '1', **env})
+
+def test_internal_error_one_line_exit_1_and_error_log_in_the_run_folder(tmp_path):
+    out = tmp_path/'run'
+    r = faulty('fit', 'train', *TINY, '--max-train-rows', '30', '--out', str(out))   # fails after run.json is written
+    assert r.returncode == 1 and r.stdout == '', r.stderr
+    assert r.stderr == (f"specft: internal error (RuntimeError: simulated bug); the details are in {out/'error.log'}; "
+                        "please report it\n")
+    log = (out/'error.log').read_text()
+    assert 'Traceback' in log and 'RuntimeError: simulated bug' in log
+    r = sh('train', '--resume', '--out', str(out))    # the folder is left for --resume (or --overwrite)
+    assert r.returncode == 0, r.stderr
+    assert (out/'metrics.json').exists() and not (out/'checkpoints').exists()
+
+def test_internal_error_before_the_run_folder_goes_to_a_temp_file_and_overwrite_handles_the_folder(tmp_path):
+    tmpdir = tmp_path/'tmp'; tmpdir.mkdir()
+    r = faulty('check_config', 'train', *TINY, '--out', str(tmp_path/'a'), TMPDIR=str(tmpdir))   # no run folder yet
+    logs = list(tmpdir.glob('specft-error-*.log'))
+    assert r.returncode == 1 and len(logs) == 1 and f'the details are in {logs[0]}; please report it' in r.stderr
+    assert 'RuntimeError: simulated bug' in logs[0].read_text() and not (tmp_path/'a').exists()
+    out = tmp_path/'b'
+    r = faulty('prepare_data', 'train', *TINY, '--out', str(out))   # the folder exists, empty: error.log goes there
+    assert r.returncode == 1 and {p.name for p in out.iterdir()} == {'error.log'}
+    r = sh('train', *TINY, '--max-train-rows', '30', '--out', str(out))
+    assert r.returncode == 2 and '--overwrite' in r.stderr
+    r = sh('train', *TINY, '--max-train-rows', '30', '--out', str(out), '--overwrite')
+    assert r.returncode == 0, r.stderr
+
+def test_specft_debug_shows_the_traceback(tmp_path):
+    r = faulty('prepare_data', 'train', *TINY, '--out', str(tmp_path/'r'), SPECFT_DEBUG='1')
+    assert r.returncode == 1 and 'Traceback (most recent call last)' in r.stderr and 'RuntimeError: simulated bug' in r.stderr
+    assert 'internal error' not in r.stderr and not (tmp_path/'r'/'error.log').exists()
 
 def test_resume_of_a_run_saved_before_select_metric_or_logit_adjust_keeps_its_behaviour():
     import dataclasses

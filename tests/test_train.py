@@ -76,14 +76,14 @@ def test_exact_resume_is_bit_identical(tmp_path):
         assert s.step == s_ref.step and same(ref, m2)
         assert (tmp_path/'a/history.csv').read_text() == (tmp_path/f'b{k}/history.csv').read_text()
 
-def test_resume_restores_same_best_epoch(tmp_path):
-    c = cfg(epochs=3, lr=3e-3)
+def test_resume_restores_same_kept_epoch(tmp_path):
+    c = cfg(epochs=3, lr=3e-3, select_metric='macro_f1')   # the best epoch, whose weights must survive the crash in kept/
     ref = model(); tl, vl = loaders(); s_ref = fit(ref, tl, vl, c, out_dir=tmp_path/'a')
     m = model(); tl, vl = loaders()
     with pytest.raises(KeyboardInterrupt): fit(m, tl, vl, c, [At(s_ref.steps_per_epoch * 2 + 1, crash)], out_dir=tmp_path/'b')
     m2 = model(seed=5); tl, vl = loaders()
     s = fit(m2, tl, vl, c, out_dir=tmp_path/'b', resume=True)
-    assert (s.best_epoch, s.best_metric, s.metrics) == (s_ref.best_epoch, s_ref.best_metric, s_ref.metrics)
+    assert (s.kept_epoch, s.kept_metric, s.metrics) == (s_ref.kept_epoch, s_ref.kept_metric, s_ref.metrics)
     assert same(ref, m2)
 
 def test_same_seed_same_metrics(tmp_path):
@@ -121,19 +121,39 @@ def test_incomplete_checkpoint_is_ignored(tmp_path):
     fit(m2, tl, None, c, out_dir=tmp_path/'b', resume=True)
     assert same(ref, m2)
 
-def test_last_two_checkpoints_kept_and_best(tmp_path):
+def test_last_two_checkpoints_kept_and_the_kept_epoch(tmp_path):
     tl, vl = loaders()
-    s = fit(model(), tl, vl, cfg(epochs=3, save_every=1), out_dir=tmp_path)
+    s = fit(model(), tl, vl, cfg(epochs=3, save_every=1, select_metric='macro_f1'), out_dir=tmp_path)
     names = sorted(p.name for p in (tmp_path/'checkpoints').iterdir())
-    assert names == sorted(['best', f'step-{s.step - 1}', f'step-{s.step}'])
+    assert names == sorted(['kept', f'step-{s.step - 1}', f'step-{s.step}'])
     for p in (tmp_path/'checkpoints').iterdir():
         assert {'model.safetensors', 'state.json'} <= {f.name for f in p.iterdir()}
-    best = json.loads((tmp_path/'checkpoints/best/state.json').read_text())['state']
-    assert (best['best_epoch'], best['best_metric']) == (s.best_epoch, s.best_metric)
+    kept = json.loads((tmp_path/'checkpoints/kept/state.json').read_text())['state']
+    assert (kept['kept_epoch'], kept['kept_metric']) == (s.kept_epoch, s.kept_metric)
     step = {f.name for f in (tmp_path/f'checkpoints/step-{s.step}').iterdir()}
     assert step == {'model.safetensors', 'optimizer.pt', 'scheduler.pt', 'rng.pt', 'state.json'}
     for f in ('optimizer.pt', 'scheduler.pt', 'rng.pt'):   # loadable without pickle's code execution
         torch.load(tmp_path/f'checkpoints/step-{s.step}'/f, weights_only=True)
+
+def test_select_metric_last_writes_no_copy_of_the_weights(tmp_path):
+    "With 'last' the newest checkpoint holds the weights the run ends with: no kept/ folder at any time"
+    seen = []
+    class Dirs(Callback):
+        def on_checkpoint(self, s, path): seen.append(sorted(p.name for p in path.parent.iterdir()))
+    tl, vl = loaders()
+    s = fit(model(), tl, vl, cfg(epochs=3, save_every=2), [Dirs()], out_dir=tmp_path)
+    assert seen and not any('kept' in names for names in seen)
+    assert s.kept_epoch == 3 and s.kept_metrics == s.metrics
+
+def test_remove_checkpoints(tmp_path):
+    from specft.train import remove_checkpoints
+    tl, vl = loaders()
+    fit(model(), tl, vl, cfg(select_metric='macro_f1'), out_dir=tmp_path)
+    assert (tmp_path/'checkpoints/kept').is_dir()
+    remove_checkpoints(tmp_path, keep_steps=True)
+    assert {p.name for p in (tmp_path/'checkpoints').iterdir()} == {f'step-{len(tl)}', f'step-{2 * len(tl)}'}
+    remove_checkpoints(tmp_path); remove_checkpoints(tmp_path)   # twice: nothing left to delete is fine
+    assert not (tmp_path/'checkpoints').exists()
 
 def test_should_stop_from_callback_stops_after_that_step_and_keeps_best(tmp_path):
     tl, vl = loaders(); spe = len(tl)
@@ -141,17 +161,27 @@ def test_should_stop_from_callback_stops_after_that_step_and_keeps_best(tmp_path
     class Snap(Callback):
         def on_evaluate(self, s): snaps[s.epoch] = {k: v.clone() for k, v in m.state_dict().items()}
     m = model()
-    s = fit(m, tl, vl, cfg(epochs=4, lr=3e-3), [Snap(), At(spe * 2 + 2, stop)], out_dir=tmp_path)
-    assert s.step == spe * 2 + 2 and s.epoch == 3 and s.best_epoch in (1, 2)
-    assert all(torch.equal(v, snaps[s.best_epoch][k]) for k, v in m.state_dict().items())
+    s = fit(m, tl, vl, cfg(epochs=4, lr=3e-3, select_metric='macro_f1'), [Snap(), At(spe * 2 + 2, stop)], out_dir=tmp_path)
+    assert s.step == spe * 2 + 2 and s.epoch == 3 and s.kept_epoch in (1, 2)
+    assert all(torch.equal(v, snaps[s.kept_epoch][k]) for k, v in m.state_dict().items())
     assert latest_checkpoint(tmp_path).name == f'step-{s.step}'   # a stopped run can be resumed
+
+def test_should_stop_with_last_keeps_and_validates_the_weights_at_the_stop():
+    tl, vl = loaders(); spe = len(tl); m = model()
+    s = fit(m, tl, vl, cfg(epochs=4), [At(spe * 2 + 2, stop)])
+    assert (s.step, s.kept_epoch) == (spe * 2 + 2, 3) and s.kept_metrics == s.metrics
+    from specft.core import choose_precision
+    from specft.evaluate import compute_metrics
+    from specft.train import predict_with_labels
+    logits, y = predict_with_labels(m, vl, 'cpu', choose_precision('auto', 'cpu'))   # the model as fit left it
+    assert compute_metrics(y.tolist(), logits.argmax(-1).tolist(), ['0', '1', '2'])['accuracy'] == s.metrics['accuracy']
 
 def test_should_stop_from_another_thread():
     tl, vl = loaders(); state = {}
     def later(s):
         t = threading.Thread(target=lambda: setattr(s, 'should_stop', True)); t.start(); t.join()
     s = fit(model(), tl, vl, cfg(epochs=3), [At(3, later)])
-    assert s.step == 3 and s.best_epoch == 1 and s.metrics   # evaluated once, so a best model exists
+    assert s.step == 3 and s.kept_epoch == 1 and s.metrics   # evaluated once, so the kept model has metrics
 
 def test_history_csv_columns_and_rows(tmp_path):
     tl, vl = loaders()   # 40 rows / 8 = 5 steps per epoch; log every 2
@@ -170,7 +200,7 @@ def test_class_weights_auto_values():
     expected = torch.tensor([1 / 6, 1 / 3, 1.0]); expected /= expected.mean()
     assert torch.allclose(w, expected) and abs(w.mean().item() - 1) < 1e-6
     ids, y = data(40); tl = make_loader(ids, y, 8, 0, shuffle=True)
-    t = Trainer(model(), tl, None, cfg())
+    t = Trainer(model(), tl, None, cfg(class_weights='auto'))
     counts = torch.bincount(torch.tensor(y), minlength=3).double()
     assert sorted(train_labels(tl)) == sorted(y)
     assert torch.allclose(t.weight, ((1 / counts) / (1 / counts).mean()).float())
@@ -183,15 +213,15 @@ def test_logit_adjusted_loss_shifts_by_tau_log_prior_and_favours_rare_classes():
     assert torch.allclose(t.shift, 0.5 * prior.log()) and prior.min() < 0.3   # the toy data is imbalanced
     z, yb = torch.randn(8, 3), torch.tensor(y[:8])
     assert torch.allclose(t._loss(z, yb, 8), torch.nn.functional.cross_entropy(z + 0.5 * prior.log(), yb))
-    assert Trainer(model(), tl, None, cfg(class_weights='none')).shift is None      # tau 0: plain cross-entropy
+    assert Trainer(model(), tl, None, cfg(logit_adjust=0.0)).shift is None      # tau 0: plain cross-entropy
     # The same run with and without the adjustment: the adjusted model puts more probability on the rarest class
     rare = int(prior.argmin()); vl = make_loader(ids, y, 8, 0)
     plain, adjusted = model(dropout=False), model(dropout=False)
-    fit(plain, tl, None, cfg(class_weights='none', epochs=3))
+    fit(plain, tl, None, cfg(class_weights='none', epochs=3, logit_adjust=0.0))
     fit(adjusted, tl, None, cfg(class_weights='none', epochs=3, logit_adjust=1.0))
     p = lambda m: predict_logits(m, vl).softmax(-1)[:, rare].mean()
     assert p(adjusted) > p(plain)
-    with pytest.raises(SpecftConfigError, match='logit_adjust'): Trainer(model(), tl, None, cfg(logit_adjust=-0.1))
+    with pytest.raises(SpecftConfigError, match='--logit-adjust'): Trainer(model(), tl, None, cfg(logit_adjust=-0.1))
 
 class SkippingScaler:
     "Stands in for a GradScaler that found inf gradients: it skips the step and halves the scale"
@@ -230,8 +260,9 @@ def test_out_of_memory_halves_batch_and_keeps_effective_batch():
 
 def test_early_stopping_patience():
     tl, vl = loaders()
-    s = fit(model(), tl, vl, cfg(epochs=5, lr=0.0, patience=2))   # lr 0: nothing ever improves on epoch 1
-    assert (s.best_epoch, s.epoch, s.step) == (1, 3, 3 * len(tl))
+    s = fit(model(), tl, vl, cfg(epochs=5, lr=1e-12, patience=2, select_metric='macro_f1'))   # lr ~0: nothing improves on epoch 1
+    assert (s.kept_epoch, s.epoch, s.step) == (1, 3, 3 * len(tl))
+    with pytest.raises(SpecftConfigError, match="select_metric='last'"): fit(model(), tl, vl, cfg(patience=2))
 
 def test_layer_decay_and_gradual_unfreeze():
     m = model(); L = len(encoder_layers(m)); tl, _ = loaders()
@@ -262,7 +293,7 @@ def test_bf16_on_cpu_trains():
 
 def test_clear_config_errors(tmp_path):
     tl, vl = loaders()
-    with pytest.raises(SpecftConfigError, match='select_metric'): fit(model(), tl, vl, cfg(select_metric='f1'))
+    with pytest.raises(SpecftConfigError, match="--select-metric 'f1' is not known"): fit(model(), tl, vl, cfg(select_metric='f1'))
     with pytest.raises(SpecftConfigError, match='out_dir'): fit(model(), tl, vl, cfg(), resume=True)
     try: import tensorboard  # noqa: F401
     except ImportError:
