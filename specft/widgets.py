@@ -404,7 +404,7 @@ class _RunPart:
         try:
             self.result = run(cfg, callbacks=cbs)  # trains, then scores the test split and the baseline
             self._show_results(self.result)
-            done = f"Stopped at step {self.state.step} of {self.state.total_steps}; kept the best model so far. " if self._stop else 'Done. '
+            done = f"Stopped at step {self.state.step} of {self.state.total_steps}; kept the model so far. " if self._stop else 'Done. '
             self.say(done + f"Run folder: {self.result.run_dir}", 'done')
         except SpecftError as e:
             self.error = e; self.say(str(e), 'error')
@@ -424,7 +424,7 @@ class _RunPart:
         show(self.results_out, res.table(), fig)
 
     def stop(self):
-        "Ask training to end after the current step, keeping the best model so far (the Stop button)"
+        "Ask training to end after the current step, keeping the model kept so far (the Stop button)"
         if not self.running: return
         self._stop = True
         self.stop_btn.disabled, self.stop_btn.button_style, self.stop_btn.tooltip = True, '', 'Stopping after the current step'
