@@ -40,7 +40,7 @@ def parse(argv=None):
     ap.add_argument('--max-len', type=int, default=256)
     ap.add_argument('--lr', type=float, default=5e-5)
     ap.add_argument('--max-rows', type=int, default=None, help='train on the first N rows only (a smoke test)')
-    ap.add_argument('--quick', action='store_true', help='a smoke test in seconds: 32 rows, max length 64, 1 round')
+    ap.add_argument('--quick', action='store_true', help='a smoke test: 32 training and 16 validation rows, max length 64, 1 round')
     a = ap.parse_args(argv)
     a.precision = a.precision or choose_precision('auto', a.device)
     if a.quick: a.max_rows, a.max_len, a.repeats = a.max_rows or 32, min(a.max_len, 64), 1
@@ -150,7 +150,9 @@ def main(argv=None):
     import transformers
     tok, labels, train, val = prepare(a.max_len)
     if a.max_rows: train = (train[0][:a.max_rows], train[1][:a.max_rows])
-    if a.quick: print('# --quick: a smoke test of the script, not a measurement')
+    if a.quick:
+        val = (val[0][:16], val[1][:16])
+        print('# --quick: a smoke test of the script, not a measurement')
     lengths = [len(x) for x in train[0]]; real = sum(lengths)
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"{torch.get_num_threads()} torch threads; torch {torch.__version__}, transformers {transformers.__version__}")
