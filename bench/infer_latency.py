@@ -39,12 +39,15 @@ def hf_pipeline(pred):
     clf = pred.model
     class Wrapped(PreTrainedModel):
         config_class = type(clf.backbone.config)
+        _supports_sdpa = _supports_attention_backend = True   # attention runs inside `clf`, as it was built
         def __init__(self, config):
             super().__init__(config); self.clf = clf
         def forward(self, input_ids=None, attention_mask=None, **kw):
             return SequenceClassifierOutput(logits=self.clf(input_ids, attention_mask))
     cfg = copy.deepcopy(clf.backbone.config)
     cfg.id2label = dict(enumerate(pred.labels)); cfg.label2id = {l: i for i, l in enumerate(pred.labels)}
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()   # it notes that a wrapped model is not one of its registered classes
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         return pipeline('text-classification', model=Wrapped(cfg).eval(), tokenizer=pred.tok, device='cpu', top_k=None)
@@ -77,7 +80,7 @@ def main():
     run_dir = Path(a.run_dir) if a.run_dir else None
     if run_dir is None:
         cfg = RunConfig(model='tiny', epochs=3, max_len=48, max_train_rows=90) if a.quick else RunConfig(model='minilm')
-        cfg.device, cfg.out = 'cpu', str(tmp/'run')
+        cfg.out = str(tmp/'run')   # trained where `auto` says (a GPU if there is one); measured on the CPU below
         print(f'training {cfg.model} ...', flush=True); run_dir = run(cfg).run_dir
     pred = Predictor.load(run_dir, 'cpu')
     data = prepare_data(saved_config(json.loads((run_dir/'run.json').read_text())['config']))
