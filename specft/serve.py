@@ -7,7 +7,7 @@ __all__ = ['TOKEN_ENV', 'LOOPBACK', 'log', 'SERVE_ENV', 'ServeConfig', 'read_tok
            'Metrics', 'MicroBatcher', 'load_reference', 'create_app', 'app_from_env', 'serve', 'free_port',
            'ServerThread', 'load_test']
 
-# %% ../nbs/10a_serve.ipynb #34b0f42f
+# %% ../nbs/10a_serve.ipynb #f348da9a
 import asyncio, collections, json, logging, os, secrets, socket, time, uuid
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
@@ -17,7 +17,7 @@ from .privacy import mask_pii
 from .pipeline import Predictor
 from .deploy import check_run_dir, reference_of
 
-# %% ../nbs/10a_serve.ipynb #2f30ae8c
+# %% ../nbs/10a_serve.ipynb #6172fed9
 TOKEN_ENV = 'SPECFT_TOKEN'
 LOOPBACK = ('127.0.0.1', 'localhost', '::1')
 
@@ -67,7 +67,7 @@ def check_bind(cfg:ServeConfig)->ServeConfig:
                                     "not allowed. Choose another with --port.") from None
     return cfg
 
-# %% ../nbs/10a_serve.ipynb #56f63f13
+# %% ../nbs/10a_serve.ipynb #8de0cfe8
 def psi(
     actual,             # live shares (or counts) per bin
     expected,           # reference shares (or counts), same bins
@@ -77,7 +77,7 @@ def psi(
     a, e = (np.maximum(np.asarray(x, float) / max(np.sum(x), 1e-12), floor) for x in (actual, expected))
     return float(np.sum((a - e) * np.log(a / e)))
 
-# %% ../nbs/10a_serve.ipynb #aef12123
+# %% ../nbs/10a_serve.ipynb #1f4a7871
 class DriftMonitor:
     "Live label and length distributions over a window, compared with the training split's by PSI"
     def __init__(self, reference:dict, window:int=500, min_n:int=100, threshold:float=0.25):
@@ -97,7 +97,7 @@ class DriftMonitor:
         s = {'label': psi(lab, self.ref['label_share']), 'length': psi(ln, self.ref['length_share'])}
         return {**s, 'alert': max(s.values()) > self.threshold}
 
-# %% ../nbs/10a_serve.ipynb #d7de6809
+# %% ../nbs/10a_serve.ipynb #90350ef0
 class Metrics:
     "The service's Prometheus metrics, in their own registry"
     def __init__(self, labels:list[str]):
@@ -119,7 +119,7 @@ class Metrics:
         from prometheus_client import generate_latest
         return generate_latest(self.registry)
 
-# %% ../nbs/10a_serve.ipynb #19a0c663
+# %% ../nbs/10a_serve.ipynb #8e9a2655
 class MicroBatcher:
     "Gather texts from concurrent requests into batches of at most `max_batch`, waiting at most `max_wait_ms`"
     def __init__(self, fn, max_batch:int=32, max_wait_ms:float=5.0):
@@ -162,7 +162,7 @@ class MicroBatcher:
             if not f.done(): f.set_result(out[i:i + len(ts)])
             i += len(ts)
 
-# %% ../nbs/10a_serve.ipynb #29edd95b
+# %% ../nbs/10a_serve.ipynb #8a39bed3
 log = logging.getLogger('specft.serve')
 
 def load_reference(run_dir:Path, pred:Predictor)->dict|None:
@@ -182,7 +182,7 @@ def _masking(prep:dict)->tuple:
     m = prep.get('masking', {})
     return (m.get('kinds') if m.get('enabled') else None), tuple(m.get('names', ()))
 
-# %% ../nbs/10a_serve.ipynb #5d4b53da
+# %% ../nbs/10a_serve.ipynb #3fb99d55
 class _Reject(Exception):
     "A request refused with an HTTP status and a message"
     def __init__(self, status:int, message:str, headers=None): self.status, self.message, self.headers = status, message, headers
@@ -214,7 +214,7 @@ async def _read_texts(request, cfg:ServeConfig)->list[str]:
     if long: raise _Reject(422, f"texts {long[:10]} are over {cfg.max_chars} characters; shorten or split them.")
     return texts
 
-# %% ../nbs/10a_serve.ipynb #b6c8de5a
+# %% ../nbs/10a_serve.ipynb #dbc1d4a3
 def create_app(
     pred:Predictor,          # the model and its preprocessing
     cfg:ServeConfig|None=None,
@@ -301,7 +301,7 @@ def create_app(
 
     return app
 
-# %% ../nbs/10a_serve.ipynb #d40757ab
+# %% ../nbs/10a_serve.ipynb #15d397b6
 SERVE_ENV = 'SPECFT_SERVE'
 
 def app_from_env():
@@ -323,12 +323,12 @@ def serve(
         os.environ[SERVE_ENV] = json.dumps({'run_dir': str(run_dir), 'config': {k: v for k, v in asdict(cfg).items() if k != 'token'}})
         if cfg.token: os.environ[TOKEN_ENV] = cfg.token
         uvicorn.run('specft.serve:app_from_env', factory=True, host=cfg.host, port=cfg.port, workers=cfg.workers,
-                    access_log=False)
+                    access_log=False, timeout_worker_healthcheck=300)   # a worker answers only once its model is loaded
     else:
         pred = Predictor.load(run_dir)
         uvicorn.run(create_app(pred, cfg, load_reference(run_dir, pred)), host=cfg.host, port=cfg.port, access_log=False)
 
-# %% ../nbs/10a_serve.ipynb #d9a6e4c8
+# %% ../nbs/10a_serve.ipynb #bff4d9f7
 def free_port(host:str='127.0.0.1')->int:
     "A TCP port that is free on `host` now"
     with socket.socket() as s: s.bind((host, 0)); return s.getsockname()[1]
