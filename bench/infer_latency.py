@@ -47,7 +47,7 @@ def hf_pipeline(pred):
     cfg = copy.deepcopy(clf.backbone.config)
     cfg.id2label = dict(enumerate(pred.labels)); cfg.label2id = {l: i for i, l in enumerate(pred.labels)}
     from transformers.utils import logging as hf_logging
-    hf_logging.set_verbosity_error()   # it notes that a wrapped model is not one of its registered classes
+    hf_logging.set_verbosity(hf_logging.CRITICAL)   # it complains that a wrapped model is not one of its registered classes
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         return pipeline('text-classification', model=Wrapped(cfg).eval(), tokenizer=pred.tok, device='cpu', top_k=None)
