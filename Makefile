@@ -24,7 +24,7 @@ $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,deploy]"
 	$(BIN)/python -m pip install -q --no-deps $(BUNDLED)
 	touch $(STAMP)
 

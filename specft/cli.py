@@ -11,8 +11,8 @@ from .corpus import TEXT_SUFFIXES, decode_bytes, read_table, _pick_column
 from .pipeline import RunConfig, run, Predictor, evaluate_run, resume_settings, default_run_dir, kept_by
 
 # %% auto #0
-__all__ = ['field_help', 'add_config_flags', 'config_from_args', 'typed_fields', 'build_parser', 'read_texts', 'write_error_log',
-           'main']
+__all__ = ['field_help', 'add_config_flags', 'config_from_args', 'typed_fields', 'build_parser', 'add_deploy_commands',
+           'read_texts', 'write_error_log', 'main']
 
 # %% ../nbs/12_cli.ipynb #bc3e13d7
 def field_help(cls=RunConfig)->dict:
@@ -63,7 +63,42 @@ def build_parser()->argparse.ArgumentParser:
     q.add_argument('run_dir'); q.add_argument('texts', nargs='*', metavar='TEXT')
     q.add_argument('--file', help='a .txt file (one text per line) or a csv/tsv/jsonl/parquet file with --text-col')
     q.add_argument('--text-col', default='text'); q.add_argument('--device', default='auto')
+    add_deploy_commands(sub)
     return p
+
+# %% ../nbs/12_cli.ipynb #cac275a9
+def add_deploy_commands(sub)->None:
+    "The `export` and `serve` subcommands, added to the subparsers `sub`"
+    from specft.deploy import EXPORTERS
+    from specft.serve import ServeConfig
+    d = ServeConfig()
+    x = sub.add_parser('export', help='write a deployable folder (merged, int8, ONNX) and measure what it costs')
+    x.add_argument('run_dir'); x.add_argument('--out', required=True, help='the folder to write (new or empty)')
+    x.add_argument('--format', default='merged', help=f"one of: {', '.join(EXPORTERS)} (default: merged)")
+    x.add_argument('--keep-layers', type=int, metavar='K', help='keep K encoder layers, evenly spread (default: all)')
+    x.add_argument('--distill-epochs', type=int, default=0, metavar='N',
+                   help='with --keep-layers: distil from the full run for N epochs (default: 0)')
+    s = sub.add_parser('serve', help='serve a run folder or an exported folder over HTTP')
+    s.add_argument('run_dir')
+    s.add_argument('--host', default=d.host, help=f'interface to bind; beyond loopback a token is required (default: {d.host})')
+    s.add_argument('--port', type=int, default=d.port, help=f'(default: {d.port})')
+    s.add_argument('--token-file', help='file holding the bearer token (else the SPECFT_TOKEN environment variable)')
+    s.add_argument('--workers', type=int, default=d.workers, help=f'worker processes (default: {d.workers})')
+    s.add_argument('--log-requests', action='store_true', help='log request texts, after PII masking')
+    s.add_argument('--max-batch', type=int, default=d.max_batch, help=f'texts per forward pass (default: {d.max_batch})')
+
+def _export(a):
+    from specft.deploy import export_run
+    s = export_run(a.run_dir, a.out, a.format, a.keep_layers, a.distill_epochs)
+    c = s['cost']
+    print(f"{a.out}: format {s['format']}, {s['size_bytes'] / 1e6:.1f} MB (source {s['source_bytes'] / 1e6:.1f} MB); "
+          f"agreement with the source model {100 * c['agreement']:.1f}% of {c['n']} test rows; "
+          f"macro-F1 {c['macro_f1']:.3f} (source {c['macro_f1_ref']:.3f})")
+
+def _serve(a):
+    from specft.serve import ServeConfig, read_token, serve
+    serve(a.run_dir, ServeConfig(host=a.host, port=a.port, token=read_token(a.token_file), workers=a.workers,
+                                 log_requests=a.log_requests, max_batch=a.max_batch))
 
 # %% ../nbs/12_cli.ipynb #dab5af73
 def read_texts(path:str, text_col:str='text')->list[str]:
@@ -117,7 +152,7 @@ def main(argv=None)->int:
     a = build_parser().parse_args(argv)
     try:
         if a.command == 'train': _train(a, argv)
-        else: {'evaluate': _evaluate, 'predict': _predict}[a.command](a)
+        else: {'evaluate': _evaluate, 'predict': _predict, 'export': _export, 'serve': _serve}[a.command](a)
     except SpecftError as e:
         print(f"specft {a.command}: error: {e}", file=sys.stderr)
         return 2

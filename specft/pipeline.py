@@ -345,6 +345,9 @@ class Predictor:
     def load(cls, run_dir, device='auto'):
         "Read the run folder `run_dir`"
         run_dir = Path(run_dir)
+        if (run_dir/'deploy.json').is_file():   # a folder written by `specft export` (specft.deploy)
+            from specft.deploy import load_deployed
+            return load_deployed(run_dir, device)
         if not (run_dir/'run.json').exists() or not (run_dir/'config.json').exists():
             raise SpecftConfigError(f"{run_dir} is not a finished specft run folder (it needs run.json and config.json); "
                                     "give the folder that `specft train` printed.")

@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Inference latency and throughput of every deployment variant, against the Hugging Face pipeline.
+
+On the bundled drug reviews' 378 test texts, with 2 threads, in one process:
+
+1. `hf_pipeline`: `transformers.pipeline("text-classification")` on the fp32 model (the anchor; it gets the texts
+   already cleaned and masked, so it does less work than specft's variants, which preprocess as in training),
+2. `fp32`: `specft.pipeline.Predictor` on the run folder,
+3. `bf16`: the same model cast to bf16 (only where the CPU has bf16 instructions),
+4. `int8`: `specft export --format int8` (torch dynamic quantisation),
+5. `onnx`, `onnx-int8`: ONNX Runtime, fp32 and int8,
+6. `k3-distilled-onnx-int8`: 3 of 6 layers kept, distilled from the full run, then ONNX int8 (tiny: 1 of 2).
+
+Per variant: p50 and p95 latency of one text at a time (batch 1), texts per second at batch 32 (batches of
+length-sorted texts), size of the weights on disk, and macro-F1 on the test split. The last line is
+`ratio_vs_hf_pipeline=`: the batch-32 throughput of the fastest variant within 0.01 macro-F1 of the fp32 model,
+divided by the pipeline's.
+
+Usage: python bench/infer_latency.py [--run-dir RUN] [--quick] [--out bench/infer_latency_results.json]
+Without --run-dir it trains a MiniLM run with the default recipe first (--quick: a tiny run, for a smoke test;
+its results are printed, not written).
+"""
+import argparse, copy, json, tempfile, time, warnings
+from pathlib import Path
+import numpy as np, torch
+
+def parse():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--run-dir', help='a finished run folder (default: train one)')
+    ap.add_argument('--quick', action='store_true', help='the tiny model: a smoke test of this script')
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--out', default=None, help='results file (default: bench/infer_latency_results.json; none with --quick)')
+    return ap.parse_args()
+
+def hf_pipeline(pred):
+    "A transformers text-classification pipeline over the run's classifier (mean pooling and head included)"
+    from transformers import pipeline, PreTrainedModel
+    from transformers.modeling_outputs import SequenceClassifierOutput
+    clf = pred.model
+    class Wrapped(PreTrainedModel):
+        config_class = type(clf.backbone.config)
+        _supports_sdpa = _supports_attention_backend = True   # attention runs inside `clf`, as it was built
+        def __init__(self, config):
+            super().__init__(config); self.clf = clf
+        def forward(self, input_ids=None, attention_mask=None, **kw):
+            return SequenceClassifierOutput(logits=self.clf(input_ids, attention_mask))
+    cfg = copy.deepcopy(clf.backbone.config)
+    cfg.id2label = dict(enumerate(pred.labels)); cfg.label2id = {l: i for i, l in enumerate(pred.labels)}
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity(hf_logging.CRITICAL)   # it complains that a wrapped model is not one of its registered classes
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return pipeline('text-classification', model=Wrapped(cfg).eval(), tokenizer=pred.tok, device='cpu', top_k=None)
+
+def measure(name, proba, texts, y, labels, size, batch1_n):
+    "p50/p95 at batch 1, texts/s at batch 32 (length-sorted), macro-F1"
+    from specft.deploy import latency
+    from specft.evaluate import compute_metrics
+    lat = latency(lambda t: proba([t]), texts[:batch1_n], warmup=3)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    proba([texts[i] for i in order[:32]])   # warm
+    t0 = time.perf_counter(); P = np.zeros((len(texts), len(labels)))
+    for s in range(0, len(order), 32):
+        idx = order[s:s + 32]; P[idx] = proba([texts[i] for i in idx])
+    secs = time.perf_counter() - t0
+    f1 = compute_metrics(list(y), P.argmax(-1).tolist(), labels)['macro_f1']
+    row = {'variant': name, 'p50_ms_b1': round(lat['p50_ms'], 2), 'p95_ms_b1': round(lat['p95_ms'], 2),
+           'texts_per_s_b32': round(len(texts) / secs, 1), 'size_mb': round(size / 1e6, 2), 'macro_f1': round(f1, 4)}
+    print(' '.join(f'{k}={v}' for k, v in row.items()), flush=True)
+    return row
+
+def main():
+    a = parse()
+    torch.set_num_threads(a.threads)
+    from specft.pipeline import Predictor, prepare_data, saved_config, run, RunConfig
+    from specft.clean import preprocess_texts
+    from specft.core import cpu_has_bf16
+    from specft.deploy import export_run, load_deployed, size_on_disk, state_bytes
+    tmp = Path(tempfile.mkdtemp(prefix='infer-latency-'))
+    run_dir = Path(a.run_dir) if a.run_dir else None
+    if run_dir is None:
+        cfg = RunConfig(model='tiny', epochs=3, max_len=48, max_train_rows=90) if a.quick else RunConfig(model='minilm')
+        cfg.out = str(tmp/'run')   # trained where `auto` says (a GPU if there is one); measured on the CPU below
+        print(f'training {cfg.model} ...', flush=True); run_dir = run(cfg).run_dir
+    pred = Predictor.load(run_dir, 'cpu')
+    data = prepare_data(saved_config(json.loads((run_dir/'run.json').read_text())['config']))
+    texts, y, labels = data.test['text'].tolist(), data.labels.encode(data.test['label']), pred.labels
+    n1 = len(texts)
+    rows, src_bytes = [], size_on_disk(run_dir/'model.safetensors')
+    pipe = hf_pipeline(pred)
+    clean = dict(zip(texts, preprocess_texts(texts, pred.prep)))
+    def pipe_proba(ts):
+        out = pipe([clean.get(t) or preprocess_texts([t], pred.prep)[0] for t in ts], batch_size=32, truncation=True,
+                   max_length=pred.prep['max_len'])
+        return np.array([[{d['label']: d['score'] for d in o}[l] for l in labels] for o in out])
+    rows.append(measure('hf_pipeline', pipe_proba, texts, y, labels, src_bytes, n1))
+    rows.append(measure('fp32', pred.predict_proba, texts, y, labels, src_bytes, n1))
+    if cpu_has_bf16():
+        bf = Predictor(copy.deepcopy(pred.model).to(torch.bfloat16), pred.tok, labels, pred.prep, 'cpu')
+        rows.append(measure('bf16', bf.predict_proba, texts, y, labels, src_bytes // 2, n1))
+    k = 1 if a.quick else 3
+    for name, fmt, kw in [('int8', 'int8', {}), ('onnx', 'onnx', {}), ('onnx-int8', 'onnx-int8', {}),
+                          (f'k{k}-distilled-onnx-int8', 'onnx-int8', dict(keep_layers_k=k, distill_epochs=3))]:
+        spec = export_run(run_dir, tmp/name, fmt, **kw)
+        dp = load_deployed(tmp/name, 'cpu', threads=a.threads)
+        # torch int8: the packed int8 weights as torch holds them (the folder stores fp32 safetensors, see 10_deploy)
+        size = spec['size_bytes'] if spec['runtime'] == 'onnxruntime' else state_bytes(dp.model)
+        rows.append(measure(name, dp.predict_proba, texts, y, labels, size, n1))
+    base = next(r for r in rows if r['variant'] == 'fp32')
+    ok = [r for r in rows if r['variant'] != 'hf_pipeline' and r['macro_f1'] >= base['macro_f1'] - 0.01]
+    best = max(ok, key=lambda r: r['texts_per_s_b32'])
+    ratio = best['texts_per_s_b32'] / rows[0]['texts_per_s_b32']
+    result = {'command': 'python bench/infer_latency.py' + (' --quick' if a.quick else ''), 'threads': a.threads,
+              'model': json.loads((run_dir/'run.json').read_text())['config']['model'], 'n_test': len(texts),
+              'rows': rows, 'fastest_within_0.01_f1': best['variant'], 'ratio_vs_hf_pipeline': round(ratio, 2)}
+    out = a.out or (None if a.quick else str(Path(__file__).parent/'infer_latency_results.json'))
+    if out: Path(out).write_text(json.dumps(result, indent=2) + '\n')
+    print(f"fastest within 0.01 macro-F1 of fp32: {best['variant']}")
+    print(f'ratio_vs_hf_pipeline={ratio:.2f}')
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,102 @@
+"specft.deploy and `specft export` on a tiny run: int8 and ONNX parity, pruning that reloads exactly, distillation, the deployable folder."
+import copy, json, os, subprocess, sys
+from pathlib import Path
+import numpy as np, pytest, torch
+from specft.pipeline import Predictor, prepare_data, saved_config, run, RunConfig
+from specft.deploy import (quantize_int8, parity, export_onnx, OrtClassifier, quantize_onnx, keep_layers, prune_heads,
+                           weakest_heads, build_pruned, distill_loss, export_run, load_deployed, magnitude_prune, sparsity,
+                           state_bytes, EXPORTERS)
+from specft.model import save_classifier, encoder_layers
+from specft.cli import main
+
+SPECFT = str(Path(sys.executable).parent/'specft')
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    "A tiny run trained for three epochs (a model with clear margins), its predictor and its test split"
+    d = tmp_path_factory.mktemp('deploy')
+    res = run(RunConfig(model='tiny', epochs=3, max_len=48, max_train_rows=90, device='cpu', out=str(d/'run')))
+    pred = Predictor.load(res.run_dir, 'cpu')
+    data = prepare_data(saved_config(json.loads((res.run_dir/'run.json').read_text())['config']))
+    texts, y = data.test['text'].tolist(), data.labels.encode(data.test['label'])
+    return res.run_dir, pred, texts, y, pred.predict_proba(texts)
+
+def test_int8_parity(tiny):
+    _, pred, texts, y, P = tiny
+    q = quantize_int8(pred.model)
+    p = parity(P, type(pred)(q, pred.tok, pred.labels, pred.prep, 'cpu').predict_proba(texts), y, pred.labels)
+    assert p['agreement'] >= 0.99 and p['f1_loss'] <= 0.01, p
+    assert state_bytes(q) < state_bytes(pred.model)
+    assert pred.model.head.weight.dtype == torch.float32   # the original is left alone
+
+def test_onnx_fp32_and_int8_parity(tiny, tmp_path):
+    _, pred, texts, y, P = tiny
+    path = export_onnx(pred.model, tmp_path/'m.onnx')
+    Po = type(pred)(OrtClassifier(path, threads=1), pred.tok, pred.labels, pred.prep, 'cpu')
+    with torch.no_grad():   # the same logits for other batch sizes and lengths than the export's example
+        for b, t in [(1, 3), (5, 40), (3, 48)]:
+            ids = torch.randint(1000, 5000, (b, t)); m = torch.ones_like(ids); m[0, t // 2:] = 0
+            torch.testing.assert_close(Po.model(ids, m), pred.model(ids, m), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(Po.predict_proba(texts), P, atol=1e-4)
+    q = quantize_onnx(path, tmp_path/'m8.onnx')
+    assert q.stat().st_size < path.stat().st_size / 2
+    p = parity(P, type(pred)(OrtClassifier(q, 1), pred.tok, pred.labels, pred.prep, 'cpu').predict_proba(texts), y, pred.labels)
+    assert p['agreement'] >= 0.99 and p['f1_loss'] <= 0.01, p
+
+def test_magnitude_pruning_leaves_dense_tensors(tiny):
+    _, pred, *_ = tiny
+    m = magnitude_prune(copy.deepcopy(pred.model), 0.3)
+    assert abs(sparsity(m) - 0.3) < 0.01 and state_bytes(m) == state_bytes(pred.model)
+    assert all(not n.endswith('_mask') for n, _ in m.named_buffers())
+
+def test_layer_and_head_pruning_reload_exactly(tiny, tmp_path):
+    _, pred, *_ = tiny
+    m = prune_heads(keep_layers(copy.deepcopy(pred.model), 1), {0: [1]})
+    assert len(encoder_layers(m)) == 1 and m.backbone.config.num_hidden_layers == 1
+    save_classifier(m, pred.tok, tmp_path/'p', pred.labels)
+    back, _ = build_pruned(tmp_path/'p')
+    ids = torch.randint(1000, 5000, (2, 12)); am = torch.ones_like(ids)
+    with torch.no_grad(): torch.testing.assert_close(back(ids, am), m(ids, am), atol=0, rtol=0)
+    assert encoder_layers(back)[0].attention.self.query.out_features == 16
+
+def test_distill_loss_matches_torch():
+    g = torch.Generator().manual_seed(1)
+    zs, zt, y = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g), torch.randint(0, 4, (6,), generator=g)
+    T, a = 3.0, 0.7
+    ref = a * T * T * torch.nn.functional.kl_div((zs / T).log_softmax(-1), (zt / T).softmax(-1), reduction='batchmean') \
+          + (1 - a) * torch.nn.functional.cross_entropy(zs, y)
+    torch.testing.assert_close(distill_loss(zs, zt, y, T, a), ref)
+
+@pytest.mark.parametrize('fmt', ['merged', 'int8', 'onnx', 'onnx-int8'])
+def test_export_formats_read_like_a_run_folder(tiny, tmp_path, fmt):
+    run_dir, pred, texts, y, P = tiny
+    out = tmp_path/fmt
+    spec = export_run(run_dir, out, fmt)
+    assert {'run.json', 'labels.json', 'config.json', 'tokenizer.json', 'card.md', 'deploy.json', 'reference.json'} <= {p.name for p in out.iterdir()}
+    assert spec['cost']['agreement'] >= 0.99 and spec['cost']['f1_loss'] <= 0.01 and spec['cost']['n'] == len(texts)
+    assert '## Deployment' in (out/'card.md').read_text() and f'`{fmt}`' in (out/'card.md').read_text()
+    dp = Predictor.load(out, 'cpu')   # dispatches to load_deployed
+    assert parity(P, dp.predict_proba(texts), y, pred.labels)['agreement'] >= 0.99
+    assert dp.predict(['Great drug!'])[0]['label'] in pred.labels
+
+def test_export_keep_layers_with_distillation(tiny, tmp_path):
+    run_dir, *_ = tiny
+    spec = export_run(run_dir, tmp_path/'k1', 'onnx', keep_layers_k=1, distill_epochs=1)
+    assert spec['kept_layers'] == 1 and spec['distill_epochs'] == 1
+    assert json.loads((tmp_path/'k1'/'config.json').read_text())['num_hidden_layers'] == 1
+    assert 'Encoder layers kept: 1 of 2' in (tmp_path/'k1'/'card.md').read_text()
+
+def test_exporters_are_a_registry():
+    assert list(EXPORTERS) == ['merged', 'int8', 'onnx', 'onnx-int8']
+
+def test_cli_export_and_errors(tiny, tmp_path, capsys):
+    run_dir, *_ = tiny
+    assert main(['export', str(run_dir), '--format', 'int8', '--out', str(tmp_path/'e')]) == 0
+    out = capsys.readouterr().out
+    assert 'agreement' in out and str(tmp_path/'e') in out
+    for argv, msg in [(['export', str(tmp_path/'nope'), '--out', str(tmp_path/'x')], 'not a finished specft run folder'),
+                      (['export', str(run_dir), '--out', str(tmp_path/'e')], 'not empty'),
+                      (['export', str(run_dir), '--keep-layers', '5', '--out', str(tmp_path/'y')], 'between 1 and 2')]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, err
