@@ -1,0 +1,96 @@
+"specft.peft: every method on the tiny model; peft interop; run folders; the pipeline and the command line."
+import copy, json, subprocess, sys
+from pathlib import Path
+import pytest, torch
+from torch import nn
+from safetensors.torch import load_file
+from specft.core import SpecftConfigError, SpecftModelError
+from specft.model import build_classifier, count_params
+from specft.peft import (PeftSettings, apply_lora, build_peft_classifier, export_peft, find_targets, import_peft,
+                         load_peft, lora_layers, merge_to_plain, peft_state_dict, save_peft)
+
+TEXTS = ['It worked.', 'Lisinopril made me dizzy all day, and I stopped after a week.', 'No change at all.']
+LABELS = ['negative', 'neutral', 'positive']
+
+@pytest.fixture(scope='module')
+def tiny():
+    clf, tok = build_classifier('tiny', num_labels=3, seed=0)
+    b = tok(TEXTS, padding=True, return_tensors='pt')
+    return clf, tok, dict(input_ids=b['input_ids'], attention_mask=b['attention_mask'])
+
+def trained_lora(seed=0, **kw):
+    torch.manual_seed(seed)
+    clf, tok, info = build_peft_classifier('tiny', 3, PeftSettings(**{'lora_r': 4, **kw}), seed=0)
+    for l in lora_layers(clf).values(): nn.init.normal_(l.lora_B, std=0.1)
+    return clf.eval(), tok, info
+
+def test_fresh_lora_is_the_backbone_exactly(tiny):
+    clf, _, xb = tiny
+    lclf = apply_lora(copy.deepcopy(clf), r=4, targets='query,key,value,dense').eval()
+    with torch.no_grad(): assert torch.equal(lclf(**xb), clf.eval()(**xb))
+    assert all(l.lora_B.abs().sum() == 0 for l in lora_layers(lclf).values())
+
+def test_trainable_counts_and_freezing(tiny):
+    clf, _, _ = tiny
+    lclf = apply_lora(copy.deepcopy(clf), r=4, targets='query,value')
+    assert count_params(lclf)['trainable'] == 2 * 2 * 4 * 64 + 32 * 3 + 3
+    trainable = {n for n, p in lclf.named_parameters() if p.requires_grad}
+    assert trainable and all('lora_' in n or n.startswith('head.') for n in trainable)
+
+def test_unknown_target_lists_the_names(tiny):
+    clf, _, _ = tiny
+    with pytest.raises(SpecftConfigError, match='attention.self.query, attention.self.key'):
+        apply_lora(copy.deepcopy(clf), targets='query,q_proj')
+
+def test_merged_equals_unmerged(tiny):
+    _, _, xb = tiny
+    lclf, _, _ = trained_lora(lora_targets='query,key,value,dense')
+    with torch.no_grad():
+        a = lclf(**xb); b = merge_to_plain(copy.deepcopy(lclf)).eval()(**xb)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert not torch.allclose(a, build_classifier('tiny', 3, seed=0)[0].eval()(**xb), atol=1e-3)   # the update matters
+
+@pytest.mark.parametrize('kw', [dict(lora_r=0), dict(lora_alpha=0), dict(prefix_len=0), dict(adapter_size=0),
+                                dict(adalora_init_r=4, adalora_target_r=6), dict(adapter_kind='x')])
+def test_bad_settings(kw):
+    with pytest.raises(SpecftConfigError): PeftSettings(**kw).check()
+
+def test_same_weights_as_peft_same_logits(tiny):
+    from peft import LoraConfig, get_peft_model
+    clf, _, xb = tiny
+    lclf, _, _ = trained_lora()
+    pm = get_peft_model(copy.deepcopy(clf), LoraConfig(r=4, lora_alpha=16, target_modules=['query', 'value'],
+                                                        modules_to_save=['head'])).eval()
+    with torch.no_grad():
+        for name, l in lora_layers(lclf).items():
+            m = pm.base_model.model.get_submodule(name)
+            m.lora_A['default'].weight.copy_(l.lora_A); m.lora_B['default'].weight.copy_(l.lora_B)
+        torch.testing.assert_close(pm(**xb), lclf(**xb), atol=1e-5, rtol=0)
+
+def test_export_to_peft_and_import_back(tiny, tmp_path):
+    from peft import PeftModel
+    _, _, xb = tiny
+    lclf, tok, info = trained_lora()
+    save_peft(lclf, tok, tmp_path/'run', LABELS, info)
+    export_peft(tmp_path/'run', tmp_path/'adapter')
+    assert {'adapter_config.json', 'adapter_model.safetensors'} <= {p.name for p in (tmp_path/'adapter').iterdir()}
+    keys = set(load_file(str(tmp_path/'adapter'/'adapter_model.safetensors')))
+    assert 'base_model.model.backbone.encoder.layer.0.attention.self.query.lora_A.weight' in keys
+    assert 'base_model.model.head.weight' in keys
+    theirs = PeftModel.from_pretrained(build_classifier('tiny', 3, seed=0)[0], str(tmp_path/'adapter')).eval()
+    ours, _, _ = import_peft(tmp_path/'adapter')
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(**xb), lclf(**xb), atol=1e-5, rtol=0)
+        assert torch.equal(ours(**xb), lclf(**xb))
+
+def test_run_folder_small_and_backbone_hash_checked(tiny, tmp_path):
+    _, _, xb = tiny
+    lclf, tok, info = trained_lora()
+    save_peft(lclf, tok, tmp_path, LABELS, info)
+    saved = load_file(str(tmp_path/'model.safetensors'))
+    assert set(saved) == set(peft_state_dict(lclf)) and not any('.base.' in k for k in saved)
+    back, _ = load_peft(tmp_path)
+    with torch.no_grad(): assert torch.equal(back(**xb), lclf(**xb))
+    cfg = json.loads((tmp_path/'config.json').read_text()); cfg['specft']['peft']['seed'] = 5
+    (tmp_path/'config.json').write_text(json.dumps(cfg))
+    with pytest.raises(SpecftModelError, match='its weights changed'): load_peft(tmp_path)
