@@ -17,9 +17,10 @@ from .model import FastDropout, Classifier, build_classifier, count_params, enco
 from .train import Callback
 
 # %% auto #0
-__all__ = ['PEFT_METHODS', 'ADAPTER_KINDS', 'PEFT_MARKERS', 'STATE_MARKERS', 'PEFT_PREFIX', 'PeftSettings', 'split_targets',
-           'LoRALinear', 'merge', 'unmerge', 'is_peft_name', 'find_targets', 'mark_trainable', 'apply_lora',
-           'lora_layers', 'merge_to_plain', 'weights_sha256', 'apply_peft', 'peft_state_dict', 'build_peft_classifier',
+__all__ = ['PEFT_METHODS', 'ADAPTER_KINDS', 'PEFT_MARKERS', 'STATE_MARKERS', 'BERT_FAMILY', 'PEFT_PREFIX', 'PeftSettings',
+           'split_targets', 'LoRALinear', 'merge', 'unmerge', 'is_peft_name', 'find_targets', 'mark_trainable',
+           'apply_lora', 'lora_layers', 'merge_to_plain', 'Bottleneck', 'AdapterOutput', 'apply_adapters',
+           'PrefixEncoder', 'apply_prefix', 'weights_sha256', 'apply_peft', 'peft_state_dict', 'build_peft_classifier',
            'save_peft', 'peft_record', 'load_peft', 'export_peft', 'is_peft_adapter', 'import_peft']
 
 # %% ../nbs/07_peft.ipynb #a3bbbbf1
@@ -172,7 +173,95 @@ def merge_to_plain(
             _replace(model, name, layer.base)
     return model
 
-# %% ../nbs/07_peft.ipynb #ee8f1155
+# %% ../nbs/07_peft.ipynb #559198d0
+class Bottleneck(nn.Module):
+    "h + W_up f(W_down h): a bottleneck MLP with its own skip, near the identity at init"
+    def __init__(self, d:int, m:int=64, std:float=1e-3):
+        super().__init__()
+        self.down, self.up = nn.Linear(d, m), nn.Linear(m, d)
+        for lin in (self.down, self.up): nn.init.normal_(lin.weight, std=std); nn.init.zeros_(lin.bias)
+    def forward(self, h:torch.Tensor)->torch.Tensor: return h + self.up(F.gelu(self.down(h)))
+
+class AdapterOutput(nn.Module):
+    "A BERT sublayer output, LayerNorm(adapter(dropout(dense(x))) + residual), holding the original dense/dropout/LayerNorm"
+    def __init__(self, base:nn.Module, m:int=64):
+        super().__init__()
+        self.dense, self.dropout, self.LayerNorm = base.dense, base.dropout, base.LayerNorm   # same names: same weight keys
+        self.adapter = Bottleneck(base.dense.out_features, m)
+    def forward(self, hidden_states:torch.Tensor, input_tensor:torch.Tensor)->torch.Tensor:
+        return self.LayerNorm(self.adapter(self.dropout(self.dense(hidden_states))) + input_tensor)
+
+# %% ../nbs/07_peft.ipynb #3e1ff6f1
+def _is_bert_output(m)->bool:
+    "Whether `m` computes LayerNorm(dropout(dense(x)) + residual), as BertSelfOutput and BertOutput do"
+    return all(isinstance(getattr(m, a, None), t) for a, t in (('dense', nn.Linear), ('LayerNorm', nn.LayerNorm), ('dropout', nn.Dropout)))
+
+BERT_FAMILY = 'BERT-family encoders of transformers 5 (BertModel: the bundled minilm, tiny, bert-base-uncased and other BERT checkpoints)'
+
+def apply_adapters(
+    model:nn.Module,      # a `Classifier` on a BERT-family backbone
+    size:int=64,          # m: bottleneck width
+    kind:str='houlsby',   # 'houlsby': after attention and feed-forward; 'pfeiffer': after feed-forward only
+)->nn.Module:             # the same model: adapters in every layer, everything else but the head frozen
+    "Insert bottleneck adapters into every transformer layer of `model` and freeze the rest"
+    if kind not in ADAPTER_KINDS: raise SpecftConfigError(f"unknown adapter kind {kind!r}; use one of: {', '.join(ADAPTER_KINDS)}.")
+    for layer in encoder_layers(model):
+        subs = [('output', getattr(layer, 'output', None))]
+        if kind == 'houlsby': subs.insert(0, ('attention.output', getattr(getattr(layer, 'attention', None), 'output', None)))
+        for name, sub in subs:
+            if not _is_bert_output(sub):
+                raise SpecftModelError(f"bottleneck adapters need a BERT-style layer ('{name}' with dense, dropout and LayerNorm); "
+                                       f"{type(layer).__name__} has none. They support {BERT_FAMILY}.")
+            _replace(layer, name, AdapterOutput(sub, size))
+    return mark_trainable(model)
+
+# %% ../nbs/07_peft.ipynb #13a844fd
+class PrefixEncoder(nn.Module):
+    "Key/value prefixes of length P for every layer: a table, or an MLP over a [P, d] table (reparametrisation)"
+    def __init__(self, config, P:int=20, mlp:int=0):
+        super().__init__()
+        self.L, self.H = config.num_hidden_layers, config.num_attention_heads
+        self.P, self.d = P, config.hidden_size; self.visible = True   # visible=False masks the prefix out
+        out = self.L * 2 * self.d
+        if mlp:
+            self.prefix_E = nn.Parameter(torch.randn(P, self.d) * 0.02)
+            self.prefix_mlp = nn.Sequential(nn.Linear(self.d, mlp), nn.Tanh(), nn.Linear(mlp, out))
+        else: self.prefix_KV = nn.Parameter(torch.randn(P, out) * 0.02)
+
+    def forward(self)->torch.Tensor:
+        "The prefixes, [L, 2 (key, value), H, P, d_h]"
+        kv = self.prefix_mlp(self.prefix_E) if hasattr(self, 'prefix_mlp') else self.prefix_KV
+        return kv.view(self.P, self.L, 2, self.H, self.d // self.H).permute(1, 2, 3, 0, 4)
+
+# %% ../nbs/07_peft.ipynb #6d34b6e5
+def _prefix_hook(backbone:nn.Module, args, kwargs):
+    "Forward pre-hook: a DynamicCache holding each layer's prefix, the mask extended by P, positions 0..T-1"
+    enc = backbone.prefix_encoder
+    mask = kwargs['attention_mask']; B, T = mask.shape
+    kv = enc()
+    dev = mask.device
+    if torch.is_autocast_enabled(dev.type): kv = kv.to(torch.get_autocast_dtype(dev.type))
+    cache = DynamicCache(config=backbone.config)
+    for l in range(enc.L): cache.update(kv[l, 0].expand(B, -1, -1, -1), kv[l, 1].expand(B, -1, -1, -1), l)
+    seen = torch.full((B, enc.P), int(enc.visible), dtype=mask.dtype, device=dev)
+    return args, {**kwargs, 'cache': cache, 'attention_mask': torch.cat([seen, mask], 1),
+                  'position_ids': torch.arange(T, device=dev).expand(B, T)}
+
+def apply_prefix(
+    model:nn.Module, # a `Classifier` on a BERT-family backbone
+    P:int=20,        # prefix length per layer
+    mlp:int=0,       # hidden width of the MLP reparametrisation; 0: train the prefix table directly
+)->nn.Module:        # the same model: prefixes on every layer, everything else but the head frozen
+    "Give every attention layer of `model` P trainable key/value vectors, and freeze the rest"
+    bb = getattr(model, 'backbone', model)
+    if 'cache' not in inspect.signature(bb.forward).parameters or not hasattr(bb.config, 'num_attention_heads'):
+        raise SpecftModelError(f"prefix tuning needs a backbone whose forward takes a key/value `cache`; "
+                               f"{type(bb).__name__} does not. It supports {BERT_FAMILY}.")
+    bb.prefix_encoder = PrefixEncoder(bb.config, P, mlp)
+    bb.register_forward_pre_hook(_prefix_hook, with_kwargs=True)
+    return mark_trainable(model)
+
+# %% ../nbs/07_peft.ipynb #2aab3783
 def weights_sha256(module:nn.Module)->str:
     "SHA-256 of the state dict of `module`: every name, dtype and the tensor's bytes, in name order"
     h = hashlib.sha256()
@@ -181,7 +270,7 @@ def weights_sha256(module:nn.Module)->str:
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
-# %% ../nbs/07_peft.ipynb #b8405c3a
+# %% ../nbs/07_peft.ipynb #1a66d504
 def apply_peft(
     model:nn.Module,       # a `Classifier`
     settings:PeftSettings, # the method and its settings
@@ -216,7 +305,7 @@ def build_peft_classifier(
                 backbone_sha256=weights_sha256(clf.backbone))
     return apply_peft(clf, settings), tok, info
 
-# %% ../nbs/07_peft.ipynb #d4df9333
+# %% ../nbs/07_peft.ipynb #bbdbf786
 def save_peft(
     clf:Classifier,   # a classifier with a PEFT method applied
     tokenizer,        # its tokenizer
@@ -262,7 +351,7 @@ def load_peft(
     clf.load_state_dict(saved, strict=False)
     return clf.eval(), AutoTokenizer.from_pretrained(run_dir, trust_remote_code=False)
 
-# %% ../nbs/07_peft.ipynb #ecd70383
+# %% ../nbs/07_peft.ipynb #1b03a56b
 PEFT_PREFIX = 'base_model.model.'
 
 def _to_peft_key(k:str)->str:
@@ -297,7 +386,7 @@ def export_peft(
         seed=rec['seed'], labels=labels, **{k: spec['specft'][k] for k in ('pooling', 'num_labels', 'dropout')}), indent=2))
     return out
 
-# %% ../nbs/07_peft.ipynb #7dd22034
+# %% ../nbs/07_peft.ipynb #e37cd0cf
 def is_peft_adapter(path)->bool:
     "Whether `path` is a peft adapter folder (it holds adapter_config.json)"
     return Path(str(path)).expanduser().joinpath('adapter_config.json').is_file()

@@ -94,3 +94,36 @@ def test_run_folder_small_and_backbone_hash_checked(tiny, tmp_path):
     cfg = json.loads((tmp_path/'config.json').read_text()); cfg['specft']['peft']['seed'] = 5
     (tmp_path/'config.json').write_text(json.dumps(cfg))
     with pytest.raises(SpecftModelError, match='its weights changed'): load_peft(tmp_path)
+
+@pytest.mark.parametrize('kind,n', [('houlsby', 4), ('pfeiffer', 2)])
+def test_adapters_near_identity_and_counts(tiny, kind, n):
+    from specft.peft import apply_adapters
+    clf, _, xb = tiny
+    torch.manual_seed(0)
+    aclf = apply_adapters(copy.deepcopy(clf), size=8, kind=kind).eval()
+    with torch.no_grad(): torch.testing.assert_close(aclf(**xb), clf.eval()(**xb), atol=1e-4, rtol=0)
+    assert count_params(aclf)['trainable'] == n * (2 * 32 * 8 + 8 + 32) + 32 * 3 + 3
+
+def test_prefix_masked_out_is_the_backbone(tiny):
+    from specft.peft import apply_prefix
+    clf, _, xb = tiny
+    pclf = apply_prefix(copy.deepcopy(clf), P=5).eval()
+    enc = pclf.backbone.prefix_encoder
+    enc.visible = False
+    with torch.no_grad(): torch.testing.assert_close(pclf(**xb), clf.eval()(**xb), atol=1e-6, rtol=0)
+    enc.visible = True
+    with torch.no_grad(): assert (pclf(**xb) - clf(**xb)).abs().max() > 1e-4
+    assert count_params(pclf)['trainable'] == 5 * 2 * 2 * 32 + 32 * 3 + 3
+
+@pytest.mark.parametrize('method', ['adapter', 'prefix'])
+def test_other_methods_save_and_load_identically(tiny, tmp_path, method):
+    _, _, xb = tiny
+    torch.manual_seed(0)
+    clf, tok, info = build_peft_classifier('tiny', 3, PeftSettings(method, adapter_size=4, prefix_len=3, prefix_mlp=8), seed=0)
+    with torch.no_grad():
+        for p in clf.parameters():
+            if p.requires_grad: p.add_(torch.randn_like(p) * 0.05)
+    clf.eval(); save_peft(clf, tok, tmp_path, LABELS, info)
+    back, _ = load_peft(tmp_path)
+    with torch.no_grad(): assert torch.equal(back(**xb), clf(**xb))
+    with pytest.raises(SpecftConfigError, match='--format peft writes LoRA runs'): export_peft(tmp_path, tmp_path/'x')
