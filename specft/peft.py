@@ -20,8 +20,10 @@ from .train import Callback
 __all__ = ['PEFT_METHODS', 'ADAPTER_KINDS', 'PEFT_MARKERS', 'STATE_MARKERS', 'BERT_FAMILY', 'PEFT_PREFIX', 'PeftSettings',
            'split_targets', 'LoRALinear', 'merge', 'unmerge', 'is_peft_name', 'find_targets', 'mark_trainable',
            'apply_lora', 'lora_layers', 'merge_to_plain', 'Bottleneck', 'AdapterOutput', 'apply_adapters',
-           'PrefixEncoder', 'apply_prefix', 'weights_sha256', 'apply_peft', 'peft_state_dict', 'build_peft_classifier',
-           'save_peft', 'peft_record', 'load_peft', 'export_peft', 'is_peft_adapter', 'import_peft']
+           'PrefixEncoder', 'apply_prefix', 'AdaLoRALinear', 'apply_adalora', 'adalora_layers', 'budget',
+           'AdaLoRABudget', 'adalora_ranks', 'plot_adalora', 'weights_sha256', 'apply_peft', 'peft_state_dict',
+           'build_peft_classifier', 'save_peft', 'peft_record', 'load_peft', 'export_peft', 'export_merged',
+           'is_peft_adapter', 'import_peft']
 
 # %% ../nbs/07_peft.ipynb #a3bbbbf1
 PEFT_METHODS = ('lora', 'adalora', 'adapter', 'prefix')
@@ -261,7 +263,155 @@ def apply_prefix(
     bb.register_forward_pre_hook(_prefix_hook, with_kwargs=True)
     return mark_trainable(model)
 
-# %% ../nbs/07_peft.ipynb #2aab3783
+# %% ../nbs/07_peft.ipynb #36f87efa
+class AdaLoRALinear(nn.Module):
+    "A frozen `nn.Linear` W0 plus (alpha/r) P diag(Lambda * mask) Q on a dropout of its input"
+    def __init__(self,
+        base:nn.Linear,     # W0, frozen
+        r:int=12,           # initial rank
+        alpha:float=16.0,   # the update is scaled by alpha/r
+        dropout:float=0.0,  # dropout on the branch's input
+    ):
+        super().__init__()
+        self.base, self.r, self.scaling = base, r, alpha / r
+        dev = base.weight.device
+        self.lora_P = nn.Parameter(torch.randn(base.out_features, r, device=dev) * 0.02)
+        self.lora_Lambda = nn.Parameter(torch.zeros(r, device=dev))
+        self.lora_Q = nn.Parameter(torch.randn(r, base.in_features, device=dev) * 0.02)
+        self.register_buffer('lora_mask', torch.ones(r, device=dev))   # 0: triplet pruned
+        for n in ('P', 'Lambda', 'Q'):                                 # running importance, checkpointed for exact resume
+            w = getattr(self, 'lora_' + n)
+            self.register_buffer('Ibar_' + n, torch.zeros_like(w)); self.register_buffer('Ubar_' + n, torch.zeros_like(w))
+        self.lora_dropout = FastDropout(dropout)
+
+    def delta_weight(self)->torch.Tensor:
+        "Delta W = (alpha/r) P diag(Lambda * mask) Q"
+        return (self.lora_P * (self.lora_Lambda * self.lora_mask)) @ self.lora_Q * self.scaling
+
+    def forward(self, x:torch.Tensor)->torch.Tensor:
+        lam = self.lora_Lambda * self.lora_mask
+        return self.base(x) + (self.lora_dropout(x) @ (self.lora_Q * lam[:, None]).t() @ self.lora_P.t()) * self.scaling
+
+    @torch.no_grad()
+    def update_importance(self, beta1:float=0.85, beta2:float=0.85):
+        "Update the smoothed sensitivity Ibar and uncertainty Ubar of P, Lambda and Q from their gradients"
+        for n in ('P', 'Lambda', 'Q'):
+            w = getattr(self, 'lora_' + n)
+            if w.grad is None: continue
+            I, Ibar, Ubar = (w * w.grad).abs(), getattr(self, 'Ibar_' + n), getattr(self, 'Ubar_' + n)
+            Ibar.mul_(beta1).add_(I, alpha=1 - beta1)
+            Ubar.mul_(beta2).add_((I - Ibar).abs(), alpha=1 - beta2)
+
+    def scores(self)->torch.Tensor:
+        "S_i of each triplet: s(lambda_i) + mean_j s(P_ji) + mean_j s(Q_ij), with s = Ibar * Ubar"
+        s = lambda n: getattr(self, 'Ibar_' + n) * getattr(self, 'Ubar_' + n)
+        return s('Lambda') + s('P').mean(0) + s('Q').mean(1)
+
+    def orth_penalty(self)->torch.Tensor:
+        "||P^T P - I||_F + ||Q Q^T - I||_F"
+        eye = torch.eye(self.r, device=self.lora_P.device)
+        return torch.linalg.norm(self.lora_P.t() @ self.lora_P - eye) + torch.linalg.norm(self.lora_Q @ self.lora_Q.t() - eye)
+
+# %% ../nbs/07_peft.ipynb #f8e847d8
+def apply_adalora(
+    model:nn.Module,       # a `Classifier` (its backbone is adapted) or a bare backbone
+    r:int=12,              # initial rank of every matrix
+    alpha:float=16.0,      # scale alpha/r
+    dropout:float=0.1,     # dropout on the branch's input
+    targets:str|list='query,value', # name suffixes of the layers to adapt
+)->nn.Module:              # the same model: AdaLoRA layers in place, everything else but the head frozen
+    "Wrap the target linear layers of `model` in `AdaLoRALinear` and freeze the rest"
+    root = getattr(model, 'backbone', model)
+    for n in find_targets(root, targets): _replace(root, n, AdaLoRALinear(root.get_submodule(n), r, alpha, dropout))
+    return mark_trainable(model)
+
+def adalora_layers(model:nn.Module)->dict[str, AdaLoRALinear]:
+    "The `AdaLoRALinear` layers of `model` by name"
+    return {n: m for n, m in model.named_modules() if isinstance(m, AdaLoRALinear)}
+
+def budget(
+    t:int,         # optimizer steps done
+    T:int,         # all optimizer steps
+    b0:int,        # initial budget (triplets)
+    bT:int,        # final budget
+    t_init:int,    # steps at b0 first
+    t_final:int,   # steps at bT last
+)->int:            # the number of triplets kept at step t
+    "AdaLoRA's cubic budget schedule"
+    if t <= t_init: return b0
+    if t > T - t_final: return bT
+    return int(bT + (b0 - bT) * (1 - (t - t_init) / max(T - t_init - t_final, 1)) ** 3)
+
+# %% ../nbs/07_peft.ipynb #eea06879
+class AdaLoRABudget(Callback):
+    "AdaLoRA's budget step on every optimizer step: importance, cubic budget, masking, orthogonality penalty"
+    def __init__(self,
+        model:nn.Module,      # the model with `AdaLoRALinear` layers
+        target_r:int=4,       # mean rank per matrix at the end
+        t_init:float=0.1,     # share of the steps at the initial budget
+        t_final:float=0.2,    # share of the steps at the final budget, mask fixed
+        delta_t:int=1,        # re-mask every this many steps
+        beta1:float=0.85,     # smoothing of the sensitivity
+        beta2:float=0.85,     # smoothing of the uncertainty
+        gamma:float=0.5,      # weight of the orthogonality penalty
+    ):
+        self.layers = list(adalora_layers(model).values())
+        if not self.layers: raise SpecftConfigError("AdaLoRABudget needs a model with AdaLoRA layers (apply_adalora).")
+        self.target_r, self.t_init, self.t_final, self.delta_t = target_r, t_init, t_final, delta_t
+        self.beta1, self.beta2, self.gamma, self.history = beta1, beta2, gamma, []
+
+    def schedule(self, t:int, T:int)->int:
+        "The budget b(t) of a run of T steps"
+        n = len(self.layers)
+        return budget(t, T, sum(l.r for l in self.layers), self.target_r * n, round(self.t_init * T), round(self.t_final * T))
+
+    @torch.no_grad()
+    def mask(self, b:int):
+        "Keep the b triplets with the highest scores, over all layers"
+        S = torch.cat([l.scores() for l in self.layers])
+        keep = torch.zeros_like(S); keep[S.topk(min(b, len(S))).indices] = 1
+        for l, m in zip(self.layers, keep.split([l.r for l in self.layers])): l.lora_mask.copy_(m)
+
+    def on_backward_end(self, state):
+        t, T = state.step + 1, state.total_steps
+        for l in self.layers: l.update_importance(self.beta1, self.beta2)
+        b = self.schedule(t, T)
+        final = T - round(self.t_final * T)
+        if (round(self.t_init * T) < t <= final and t % self.delta_t == 0) or t == final + 1: self.mask(b)
+        with torch.enable_grad():
+            R = sum(l.orth_penalty() for l in self.layers) / (2 * len(self.layers))
+            (self.gamma * R).backward()
+        self.history.append(dict(step=t, budget=b, kept=int(sum(l.lora_mask.sum() for l in self.layers))))
+
+def adalora_ranks(model:nn.Module)->dict[str, int]:
+    "The rank left in each AdaLoRA layer (unmasked triplets)"
+    return {n: int(l.lora_mask.sum()) for n, l in adalora_layers(model).items()}
+
+# %% ../nbs/07_peft.ipynb #6f3678e9
+def plot_adalora(cb:AdaLoRABudget, model:nn.Module):
+    "Two plots: the budget and the triplets kept over the steps; the final rank of each matrix as a layers x modules heatmap"
+    import matplotlib.pyplot as plt
+    ranks = adalora_ranks(model)
+    layers = sorted({_layer_of(n) for n in ranks}); mods = list(dict.fromkeys(_within_layer(n) for n in ranks))
+    grid = torch.full((len(layers), len(mods)), float('nan'))
+    for n, k in ranks.items(): grid[layers.index(_layer_of(n)), mods.index(_within_layer(n))] = k
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    a.plot([h['step'] for h in cb.history], [h['budget'] for h in cb.history], label='budget b(t)')
+    a.plot([h['step'] for h in cb.history], [h['kept'] for h in cb.history], '--', label='triplets kept')
+    a.set(xlabel='optimizer step', ylabel='triplets', title='AdaLoRA budget'); a.legend()
+    im = b.imshow(grid.numpy(), cmap='viridis', vmin=0, aspect='auto')
+    b.set(xticks=range(len(mods)), xticklabels=mods, yticks=range(len(layers)), yticklabels=layers,
+          xlabel='module', ylabel='layer', title='final rank')
+    for (i, j), v in zip(((i, j) for i in range(len(layers)) for j in range(len(mods))), grid.flatten().tolist()):
+        if v == v: b.text(j, i, int(v), ha='center', va='center', color='w')
+    fig.colorbar(im, ax=b); fig.tight_layout()
+    return fig
+
+def _layer_of(name:str)->int:
+    "The layer number in a module name"
+    return int([p for p in name.split('.') if p.isdigit()][-1])
+
+# %% ../nbs/07_peft.ipynb #953eb638
 def weights_sha256(module:nn.Module)->str:
     "SHA-256 of the state dict of `module`: every name, dtype and the tensor's bytes, in name order"
     h = hashlib.sha256()
@@ -270,7 +420,7 @@ def weights_sha256(module:nn.Module)->str:
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
-# %% ../nbs/07_peft.ipynb #1a66d504
+# %% ../nbs/07_peft.ipynb #8a1e1dbf
 def apply_peft(
     model:nn.Module,       # a `Classifier`
     settings:PeftSettings, # the method and its settings
@@ -305,7 +455,7 @@ def build_peft_classifier(
                 backbone_sha256=weights_sha256(clf.backbone))
     return apply_peft(clf, settings), tok, info
 
-# %% ../nbs/07_peft.ipynb #bbdbf786
+# %% ../nbs/07_peft.ipynb #444f3111
 def save_peft(
     clf:Classifier,   # a classifier with a PEFT method applied
     tokenizer,        # its tokenizer
@@ -351,7 +501,7 @@ def load_peft(
     clf.load_state_dict(saved, strict=False)
     return clf.eval(), AutoTokenizer.from_pretrained(run_dir, trust_remote_code=False)
 
-# %% ../nbs/07_peft.ipynb #1b03a56b
+# %% ../nbs/07_peft.ipynb #be28400e
 PEFT_PREFIX = 'base_model.model.'
 
 def _to_peft_key(k:str)->str:
@@ -360,33 +510,69 @@ def _to_peft_key(k:str)->str:
         if k.endswith('.' + a): return PEFT_PREFIX + k + '.weight'
     return PEFT_PREFIX + k
 
+def _adalora_to_peft(saved:dict)->tuple[dict, dict]:
+    "peft's AdaLoRA tensors (kept ranks only: lora_A = Q, lora_B = P, lora_E = Lambda) and its rank_pattern"
+    out, pattern = {}, {}
+    for k in [k for k in saved if k.endswith('.lora_mask')]:
+        m = k.removesuffix('.lora_mask'); keep = saved[k].bool()
+        pattern[m + '.lora_E'] = keep.tolist()
+        out[f'{PEFT_PREFIX}{m}.lora_A'] = saved[m + '.lora_Q'][keep]
+        out[f'{PEFT_PREFIX}{m}.lora_B'] = saved[m + '.lora_P'][:, keep]
+        out[f'{PEFT_PREFIX}{m}.lora_E'] = saved[m + '.lora_Lambda'][keep][:, None]
+    out.update({PEFT_PREFIX + k: v for k, v in saved.items() if k.startswith('head.')})
+    return out, pattern
+
 def export_peft(
-    run_dir:str|Path, # a LoRA run folder
+    run_dir:str|Path, # a LoRA or AdaLoRA run folder
     out:str|Path,     # the adapter folder to write
 )->Path:              # `out`
-    "Write the LoRA run in `run_dir` as a Hugging Face peft adapter folder"
+    "Write the LoRA or AdaLoRA run in `run_dir` as a Hugging Face peft adapter folder"
     rec = peft_record(run_dir)
-    if rec is None or rec['settings']['method'] != 'lora':
+    if rec is None or rec['settings']['method'] not in ('lora', 'adalora'):
         method = rec['settings']['method'] if rec else json.loads((Path(run_dir)/'run.json').read_text())['config']['method']
-        raise SpecftConfigError(f"--format peft writes LoRA runs; {run_dir} is a '{method}' run. peft has no transformers-5 "
-                                "counterpart of specft's adapters and prefixes; use --format merged for a full or LoRA "
-                                "run, or the run folder itself.")
+        raise SpecftConfigError(f"--format peft writes LoRA and AdaLoRA runs; {run_dir} is a '{method}' run. peft has no "
+                                "transformers-5 counterpart of specft's adapters and prefixes; use --format merged for a "
+                                "full, LoRA or AdaLoRA run, or the run folder itself.")
     s, spec = rec['settings'], json.loads((Path(run_dir)/'config.json').read_text())
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     saved = load_file(str(Path(run_dir)/'model.safetensors'))
-    save_file({_to_peft_key(k): v for k, v in saved.items()}, str(out/'adapter_model.safetensors'))
-    src = model_source(rec['backbone'])
-    config = dict(peft_type='LORA', task_type=None, base_model_name_or_path=str(src), r=s['lora_r'],
-                  lora_alpha=s['lora_alpha'], lora_dropout=s['lora_dropout'], use_rslora=s['use_rslora'],
-                  target_modules=split_targets(s['lora_targets']), modules_to_save=['head'], bias='none',
-                  fan_in_fan_out=False, init_lora_weights=True, inference_mode=True)
+    common = dict(task_type=None, base_model_name_or_path=str(model_source(rec['backbone'])), lora_alpha=s['lora_alpha'],
+                  lora_dropout=s['lora_dropout'], target_modules=split_targets(s['lora_targets']), modules_to_save=['head'],
+                  bias='none', fan_in_fan_out=False, init_lora_weights=True, inference_mode=True)
+    if s['method'] == 'lora':
+        tensors = {_to_peft_key(k): v for k, v in saved.items()}
+        config = dict(peft_type='LORA', r=s['lora_r'], use_rslora=s['use_rslora'], **common)
+    else:
+        tensors, pattern = _adalora_to_peft(saved)
+        config = dict(peft_type='ADALORA', r=s['adalora_init_r'], init_r=s['adalora_init_r'], target_r=s['adalora_target_r'],
+                      total_step=1, tinit=0, tfinal=0, rank_pattern=pattern, **common)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out/'adapter_model.safetensors'))
     (out/'adapter_config.json').write_text(json.dumps(config, indent=2))
     labels = [spec['id2label'][str(i)] for i in range(len(spec['id2label']))]
     (out/'specft.json').write_text(json.dumps(dict(backbone=rec['backbone'], backbone_sha256=rec['backbone_sha256'],
         seed=rec['seed'], labels=labels, **{k: spec['specft'][k] for k in ('pooling', 'num_labels', 'dropout')}), indent=2))
     return out
 
-# %% ../nbs/07_peft.ipynb #e37cd0cf
+def export_merged(
+    run_dir:str|Path, # a LoRA or AdaLoRA run folder
+    out:str|Path,     # the folder to write: a plain run folder (config.json, model.safetensors, tokenizer, run.json, labels.json)
+)->Path:              # `out`
+    "Write the run in `run_dir` with its low-rank updates folded into the weights, loadable like a full fine-tuning run"
+    rec = peft_record(run_dir)
+    if rec is not None and rec['settings']['method'] not in ('lora', 'adalora'):
+        raise SpecftConfigError(f"--format merged folds LoRA and AdaLoRA updates into the weights; {run_dir} is a "
+                                f"'{rec['settings']['method']}' run, whose adapters or prefixes add computation that cannot "
+                                "be folded. Deploy the run folder itself.")
+    from specft.model import load_classifier
+    clf, tok = load_peft(run_dir) if rec is not None else load_classifier(run_dir)
+    spec = json.loads((Path(run_dir)/'config.json').read_text())
+    labels = [spec['id2label'][str(i)] for i in range(len(spec['id2label']))]
+    save_classifier(merge_to_plain(clf), tok, out, labels)
+    for f in ('run.json', 'labels.json'):
+        if (Path(run_dir)/f).is_file(): shutil.copy(Path(run_dir)/f, Path(out)/f)
+    return Path(out)
+
+# %% ../nbs/07_peft.ipynb #44794df0
 def is_peft_adapter(path)->bool:
     "Whether `path` is a peft adapter folder (it holds adapter_config.json)"
     return Path(str(path)).expanduser().joinpath('adapter_config.json').is_file()

@@ -126,4 +126,29 @@ def test_other_methods_save_and_load_identically(tiny, tmp_path, method):
     clf.eval(); save_peft(clf, tok, tmp_path, LABELS, info)
     back, _ = load_peft(tmp_path)
     with torch.no_grad(): assert torch.equal(back(**xb), clf(**xb))
-    with pytest.raises(SpecftConfigError, match='--format peft writes LoRA runs'): export_peft(tmp_path, tmp_path/'x')
+    with pytest.raises(SpecftConfigError, match='--format peft writes LoRA and AdaLoRA runs'): export_peft(tmp_path, tmp_path/'x')
+
+def toy_loader(tok, n=64, seed=0):
+    from specft.data import make_loader
+    g = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(1000, 2000, (int(k),), generator=g).tolist() for k in torch.randint(5, 16, (n,), generator=g)]
+    return make_loader(ids, [int(sum(s) % 3) for s in ids], 8, tok.pad_token_id, shuffle=True, seed=0)
+
+def test_adalora_budget_runs_on_every_step_and_exports_to_peft(tiny, tmp_path):
+    from peft import PeftModel
+    from specft.train import TrainConfig, fit
+    from specft.peft import AdaLoRABudget, adalora_ranks, budget
+    _, tok, xb = tiny
+    assert [budget(t, 100, 40, 10, 10, 20) for t in (10, 45, 81)] == [40, 13, 10]
+    torch.manual_seed(0)
+    clf, tok, info = build_peft_classifier('tiny', 3, PeftSettings('adalora', adalora_init_r=6, adalora_target_r=2), seed=0)
+    with torch.no_grad(): assert torch.equal(clf.eval()(**xb), build_classifier('tiny', 3, seed=0)[0].eval()(**xb))
+    cb = AdaLoRABudget(clf, target_r=2)
+    state = fit(clf, toy_loader(tok), None, TrainConfig(epochs=3, lr=5e-3, precision='fp32', device='cpu'), callbacks=[cb])
+    assert [h['step'] for h in cb.history] == list(range(1, state.total_steps + 1))   # every optimizer step
+    assert cb.history[0]['budget'] == 24 and cb.history[-1]['budget'] == cb.history[-1]['kept'] == 8
+    assert sum(adalora_ranks(clf).values()) == 8
+    clf.eval(); save_peft(clf, tok, tmp_path/'run', LABELS, info)
+    export_peft(tmp_path/'run', tmp_path/'adapter')
+    theirs = PeftModel.from_pretrained(build_classifier('tiny', 3, seed=0)[0], str(tmp_path/'adapter')).eval()
+    with torch.no_grad(): torch.testing.assert_close(theirs(**xb), clf(**xb), atol=1e-5, rtol=0)
