@@ -21,7 +21,7 @@ from sklearn.model_selection import train_test_split
 from specft.data import DRUG_REVIEW_THESAURUS, augment_frame, encode_texts, make_loader
 from specft.evaluate import baseline_metrics, compute_metrics
 from specft.model import build_classifier
-from specft.pipeline import RunConfig, prepare_data
+from specft.pipeline import RunConfig, prepare_data, learning_rate
 from specft.train import TrainConfig, fit, predict_logits
 
 def loader(tok, df, labels, cfg, shuffle=False):
@@ -37,7 +37,7 @@ def one_run(cfg:RunConfig, frac:float, augment:bool, n_aug:int)->dict:
     n_orig = len(train)
     if augment: train, _ = augment_frame(train, n_aug=n_aug, thesaurus=DRUG_REVIEW_THESAURUS, seed=cfg.seed)
     model, tok = build_classifier(cfg.model, num_labels=len(data.labels), pooling=cfg.pooling, seed=cfg.seed)
-    tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, head_lr_scale=cfg.head_lr_scale, weight_decay=cfg.weight_decay,
+    tcfg = TrainConfig(epochs=cfg.epochs, lr=learning_rate(cfg), head_lr_scale=cfg.head_lr_scale, weight_decay=cfg.weight_decay,
                        warmup=cfg.warmup, class_weights=cfg.class_weights, precision=cfg.precision, device=cfg.device, seed=cfg.seed)
     state = fit(model, loader(tok, train, data.labels, cfg, shuffle=True), loader(tok, data.val, data.labels, cfg), tcfg,
                 labels=data.labels.names)

@@ -21,9 +21,9 @@ __all__ = ['PEFT_METHODS', 'ADAPTER_KINDS', 'PEFT_MARKERS', 'STATE_MARKERS', 'BE
            'split_targets', 'LoRALinear', 'merge', 'unmerge', 'is_peft_name', 'find_targets', 'mark_trainable',
            'apply_lora', 'lora_layers', 'merge_to_plain', 'Bottleneck', 'AdapterOutput', 'apply_adapters',
            'PrefixEncoder', 'apply_prefix', 'AdaLoRALinear', 'apply_adalora', 'adalora_layers', 'budget',
-           'AdaLoRABudget', 'adalora_ranks', 'plot_adalora', 'weights_sha256', 'apply_peft', 'peft_state_dict',
-           'build_peft_classifier', 'save_peft', 'peft_record', 'load_peft', 'export_peft', 'export_merged',
-           'is_peft_adapter', 'import_peft']
+           'AdaLoRABudget', 'adalora_ranks', 'plot_adalora', 'peft_callbacks', 'weights_sha256', 'apply_peft',
+           'peft_state_dict', 'build_peft_classifier', 'save_peft', 'peft_record', 'load_peft', 'export_peft',
+           'export_merged', 'is_peft_adapter', 'import_peft']
 
 # %% ../nbs/07_peft.ipynb #a3bbbbf1
 PEFT_METHODS = ('lora', 'adalora', 'adapter', 'prefix')
@@ -411,7 +411,16 @@ def _layer_of(name:str)->int:
     "The layer number in a module name"
     return int([p for p in name.split('.') if p.isdigit()][-1])
 
-# %% ../nbs/07_peft.ipynb #953eb638
+# %% ../nbs/07_peft.ipynb #7b972d88
+def peft_callbacks(
+    model:nn.Module,       # the adapted model
+    settings:PeftSettings, # its method and settings
+)->list[Callback]:         # the engine callbacks the method needs (AdaLoRA's budget step), or none
+    "The training callbacks the PEFT method of `settings` needs"
+    if settings.method != 'adalora': return []
+    return [AdaLoRABudget(model, settings.adalora_target_r)]
+
+# %% ../nbs/07_peft.ipynb #b8a04f39
 def weights_sha256(module:nn.Module)->str:
     "SHA-256 of the state dict of `module`: every name, dtype and the tensor's bytes, in name order"
     h = hashlib.sha256()
@@ -420,7 +429,7 @@ def weights_sha256(module:nn.Module)->str:
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
-# %% ../nbs/07_peft.ipynb #8a1e1dbf
+# %% ../nbs/07_peft.ipynb #703739cf
 def apply_peft(
     model:nn.Module,       # a `Classifier`
     settings:PeftSettings, # the method and its settings
@@ -455,7 +464,7 @@ def build_peft_classifier(
                 backbone_sha256=weights_sha256(clf.backbone))
     return apply_peft(clf, settings), tok, info
 
-# %% ../nbs/07_peft.ipynb #444f3111
+# %% ../nbs/07_peft.ipynb #d5cfe9c2
 def save_peft(
     clf:Classifier,   # a classifier with a PEFT method applied
     tokenizer,        # its tokenizer
@@ -501,7 +510,7 @@ def load_peft(
     clf.load_state_dict(saved, strict=False)
     return clf.eval(), AutoTokenizer.from_pretrained(run_dir, trust_remote_code=False)
 
-# %% ../nbs/07_peft.ipynb #be28400e
+# %% ../nbs/07_peft.ipynb #5f6adbdc
 PEFT_PREFIX = 'base_model.model.'
 
 def _to_peft_key(k:str)->str:
@@ -544,7 +553,7 @@ def export_peft(
         config = dict(peft_type='LORA', r=s['lora_r'], use_rslora=s['use_rslora'], **common)
     else:
         tensors, pattern = _adalora_to_peft(saved)
-        config = dict(peft_type='ADALORA', r=s['adalora_init_r'], init_r=s['adalora_init_r'], target_r=s['adalora_target_r'],
+        config = dict(peft_type='ADALORA', init_r=s['adalora_init_r'], target_r=s['adalora_target_r'],
                       total_step=1, tinit=0, tfinal=0, rank_pattern=pattern, **common)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out/'adapter_model.safetensors'))
     (out/'adapter_config.json').write_text(json.dumps(config, indent=2))
@@ -572,7 +581,7 @@ def export_merged(
         if (Path(run_dir)/f).is_file(): shutil.copy(Path(run_dir)/f, Path(out)/f)
     return Path(out)
 
-# %% ../nbs/07_peft.ipynb #44794df0
+# %% ../nbs/07_peft.ipynb #71b0ad23
 def is_peft_adapter(path)->bool:
     "Whether `path` is a peft adapter folder (it holds adapter_config.json)"
     return Path(str(path)).expanduser().joinpath('adapter_config.json').is_file()

@@ -152,3 +152,93 @@ def test_adalora_budget_runs_on_every_step_and_exports_to_peft(tiny, tmp_path):
     export_peft(tmp_path/'run', tmp_path/'adapter')
     theirs = PeftModel.from_pretrained(build_classifier('tiny', 3, seed=0)[0], str(tmp_path/'adapter')).eval()
     with torch.no_grad(): torch.testing.assert_close(theirs(**xb), clf(**xb), atol=1e-5, rtol=0)
+
+# ---- through the pipeline, the run folder and a fresh process
+
+from specft.pipeline import RunConfig, run, Predictor
+from specft.train import Callback
+
+QUICK = dict(model='tiny', epochs=2, max_len=48, max_train_rows=48, batch_size=8, precision='fp32', device='cpu')
+
+class Crash(Callback):
+    def __init__(self, k): self.k = k
+    def on_step_end(self, state):
+        if state.step == self.k: raise KeyboardInterrupt
+
+PREDICT = """
+import sys, numpy as np
+from specft.pipeline import Predictor
+np.save(sys.argv[2], Predictor.load(sys.argv[1], device='cpu').predict_proba(sys.argv[3:]))
+"""
+
+def test_lora_run_folder_small_and_fresh_process_bit_identical(tmp_path):
+    r = run(RunConfig(method='lora', out=str(tmp_path/'run'), **QUICK))
+    d = r.run_dir
+    saved = load_file(str(d/'model.safetensors'))
+    assert saved and all('lora_' in k or k.startswith('head.') for k in saved)
+    rec = json.loads((d/'config.json').read_text())['specft']['peft']
+    assert rec['backbone'] == 'tiny' and len(rec['backbone_sha256']) == 64 and rec['settings']['method'] == 'lora'
+    info = json.loads((d/'run.json').read_text())
+    assert info['params']['trainable'] < info['params']['total'] / 10
+    here = Predictor.load(d, device='cpu').predict_proba(TEXTS)
+    subprocess.run([sys.executable, '-c', PREDICT, str(d), str(tmp_path/'p.npy'), *TEXTS], check=True)
+    import numpy as np
+    assert np.array_equal(np.load(tmp_path/'p.npy'), here)   # bit for bit, in a fresh process
+
+def test_fit_then_fresh_process_bit_identical(tiny, tmp_path):
+    from specft.train import TrainConfig, fit
+    _, tok, xb = tiny
+    torch.manual_seed(0)
+    clf, tok, info = build_peft_classifier('tiny', 3, PeftSettings(lora_r=4), seed=0)
+    fit(clf, toy_loader(tok), None, TrainConfig(epochs=2, lr=5e-3, device='cpu'))
+    clf.eval(); save_peft(clf, tok, tmp_path, LABELS, info)
+    with torch.no_grad(): mine = clf(**xb)
+    torch.save({k: v for k, v in xb.items()}, tmp_path/'xb.pt')
+    code = ("import sys, torch; from specft.peft import load_peft; m, _ = load_peft(sys.argv[1]); "
+            "xb = torch.load(sys.argv[1] + '/xb.pt'); torch.save(m(**xb).detach(), sys.argv[1] + '/out.pt')")
+    subprocess.run([sys.executable, '-c', code, str(tmp_path)], check=True)
+    assert torch.equal(torch.load(tmp_path/'out.pt'), mine)
+
+@pytest.mark.parametrize('method', ['lora', 'adalora'])
+def test_kill_and_resume_is_exact(tmp_path, method):
+    kw = dict(method=method, adalora_init_r=4, adalora_target_r=2, **QUICK)
+    ref = run(RunConfig(out=str(tmp_path/'a'), **kw))
+    with pytest.raises(KeyboardInterrupt): run(RunConfig(out=str(tmp_path/'b'), **kw), callbacks=[Crash(ref.state.total_steps - 2)])
+    res = run(RunConfig(out=str(tmp_path/'b'), resume=True))
+    a, b = load_file(str(tmp_path/'a/model.safetensors')), load_file(str(tmp_path/'b/model.safetensors'))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert res.metrics['macro_f1'] == ref.metrics['macro_f1'] and res.y_pred == ref.y_pred
+
+@pytest.mark.parametrize('method', ['adapter', 'prefix'])
+def test_every_method_trains_through_the_pipeline(tmp_path, method):
+    r = run(RunConfig(method=method, out=str(tmp_path/'r'), **QUICK))
+    back = Predictor.load(r.run_dir, device='cpu').predict(TEXTS)
+    assert len(back) == 3 and all(set(p['probabilities']) == set(r.labels) for p in back)
+
+def test_predictor_refuses_a_changed_backbone(tmp_path):
+    r = run(RunConfig(method='lora', out=str(tmp_path/'r'), **{**QUICK, 'epochs': 1}))
+    cfg = json.loads((r.run_dir/'config.json').read_text()); cfg['specft']['peft']['backbone_sha256'] = '0' * 64
+    (r.run_dir/'config.json').write_text(json.dumps(cfg))
+    with pytest.raises(SpecftModelError, match='its weights changed'): Predictor.load(r.run_dir)
+
+def test_cli_lora_run_and_bad_values(tmp_path, capsys):
+    from specft.cli import main
+    args = ['train', '--model', 'tiny', '--epochs', '1', '--max-len', '32', '--max-train-rows', '30', '--precision', 'fp32']
+    assert main([*args, '--method', 'lora', '--lora-r', '2', '--lora-targets', 'query,key,value', '--out', str(tmp_path/'r')]) == 0
+    rec = json.loads((tmp_path/'r'/'config.json').read_text())['specft']['peft']['settings']
+    assert (rec['lora_r'], rec['lora_targets']) == (2, 'query,key,value')
+    for bad, msg in ((['--lora-r', '0'], '--lora-r must be at least 1'), (['--lora-alpha', '-1'], '--lora-alpha must be positive'),
+                     (['--method', 'prefix', '--prefix-len', '0'], '--prefix-len must be at least 1'),
+                     (['--method', 'adapter', '--adapter-size', '0'], '--adapter-size must be at least 1'),
+                     (['--method', 'adalora', '--adalora-target-r', '20'], '--adalora-target-r 20 is above')):
+        capsys.readouterr()
+        code = main([*args, '--method', 'lora', *bad, '--out', str(tmp_path/'bad')])
+        err = capsys.readouterr().err
+        assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+
+def test_import_a_peft_adapter_as_model(tmp_path):
+    lclf, tok, info = trained_lora()
+    save_peft(lclf, tok, tmp_path/'run', LABELS, info)
+    export_peft(tmp_path/'run', tmp_path/'adapter')
+    r = run(RunConfig(method='lora', out=str(tmp_path/'r'), **{**QUICK, 'model': str(tmp_path/'adapter'), 'epochs': 1}))
+    assert json.loads((r.run_dir/'config.json').read_text())['specft']['peft']['backbone'] == 'tiny'
