@@ -217,7 +217,7 @@ def apply_adapters(
             _replace(layer, name, AdapterOutput(sub, size))
     return mark_trainable(model)
 
-# %% ../nbs/07_peft.ipynb #13a844fd
+# %% ../nbs/07_peft.ipynb #1ddbf621
 class PrefixEncoder(nn.Module):
     "Key/value prefixes of length P for every layer: a table, or an MLP over a [P, d] table (reparametrisation)"
     def __init__(self, config, P:int=20, mlp:int=0):
@@ -235,7 +235,7 @@ class PrefixEncoder(nn.Module):
         kv = self.prefix_mlp(self.prefix_E) if hasattr(self, 'prefix_mlp') else self.prefix_KV
         return kv.view(self.P, self.L, 2, self.H, self.d // self.H).permute(1, 2, 3, 0, 4)
 
-# %% ../nbs/07_peft.ipynb #6d34b6e5
+# %% ../nbs/07_peft.ipynb #a1d6e62f
 def _prefix_hook(backbone:nn.Module, args, kwargs):
     "Forward pre-hook: a DynamicCache holding each layer's prefix, the mask extended by P, positions 0..T-1"
     enc = backbone.prefix_encoder
@@ -263,7 +263,7 @@ def apply_prefix(
     bb.register_forward_pre_hook(_prefix_hook, with_kwargs=True)
     return mark_trainable(model)
 
-# %% ../nbs/07_peft.ipynb #36f87efa
+# %% ../nbs/07_peft.ipynb #a7f0be61
 class AdaLoRALinear(nn.Module):
     "A frozen `nn.Linear` W0 plus (alpha/r) P diag(Lambda * mask) Q on a dropout of its input"
     def __init__(self,
@@ -312,7 +312,7 @@ class AdaLoRALinear(nn.Module):
         eye = torch.eye(self.r, device=self.lora_P.device)
         return torch.linalg.norm(self.lora_P.t() @ self.lora_P - eye) + torch.linalg.norm(self.lora_Q @ self.lora_Q.t() - eye)
 
-# %% ../nbs/07_peft.ipynb #f8e847d8
+# %% ../nbs/07_peft.ipynb #8e8320e9
 def apply_adalora(
     model:nn.Module,       # a `Classifier` (its backbone is adapted) or a bare backbone
     r:int=12,              # initial rank of every matrix
@@ -342,7 +342,7 @@ def budget(
     if t > T - t_final: return bT
     return int(bT + (b0 - bT) * (1 - (t - t_init) / max(T - t_init - t_final, 1)) ** 3)
 
-# %% ../nbs/07_peft.ipynb #eea06879
+# %% ../nbs/07_peft.ipynb #0e12ea96
 class AdaLoRABudget(Callback):
     "AdaLoRA's budget step on every optimizer step: importance, cubic budget, masking, orthogonality penalty"
     def __init__(self,
@@ -387,7 +387,7 @@ def adalora_ranks(model:nn.Module)->dict[str, int]:
     "The rank left in each AdaLoRA layer (unmasked triplets)"
     return {n: int(l.lora_mask.sum()) for n, l in adalora_layers(model).items()}
 
-# %% ../nbs/07_peft.ipynb #6f3678e9
+# %% ../nbs/07_peft.ipynb #730c5aa5
 def plot_adalora(cb:AdaLoRABudget, model:nn.Module):
     "Two plots: the budget and the triplets kept over the steps; the final rank of each matrix as a layers x modules heatmap"
     import matplotlib.pyplot as plt
@@ -411,7 +411,7 @@ def _layer_of(name:str)->int:
     "The layer number in a module name"
     return int([p for p in name.split('.') if p.isdigit()][-1])
 
-# %% ../nbs/07_peft.ipynb #7b972d88
+# %% ../nbs/07_peft.ipynb #3142fc99
 def peft_callbacks(
     model:nn.Module,       # the adapted model
     settings:PeftSettings, # its method and settings
@@ -420,7 +420,7 @@ def peft_callbacks(
     if settings.method != 'adalora': return []
     return [AdaLoRABudget(model, settings.adalora_target_r)]
 
-# %% ../nbs/07_peft.ipynb #b8a04f39
+# %% ../nbs/07_peft.ipynb #29851dd8
 def weights_sha256(module:nn.Module)->str:
     "SHA-256 of the state dict of `module`: every name, dtype and the tensor's bytes, in name order"
     h = hashlib.sha256()
@@ -429,7 +429,7 @@ def weights_sha256(module:nn.Module)->str:
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
-# %% ../nbs/07_peft.ipynb #703739cf
+# %% ../nbs/07_peft.ipynb #4a48bcf3
 def apply_peft(
     model:nn.Module,       # a `Classifier`
     settings:PeftSettings, # the method and its settings
@@ -464,7 +464,7 @@ def build_peft_classifier(
                 backbone_sha256=weights_sha256(clf.backbone))
     return apply_peft(clf, settings), tok, info
 
-# %% ../nbs/07_peft.ipynb #d5cfe9c2
+# %% ../nbs/07_peft.ipynb #094b7052
 def save_peft(
     clf:Classifier,   # a classifier with a PEFT method applied
     tokenizer,        # its tokenizer
@@ -510,7 +510,7 @@ def load_peft(
     clf.load_state_dict(saved, strict=False)
     return clf.eval(), AutoTokenizer.from_pretrained(run_dir, trust_remote_code=False)
 
-# %% ../nbs/07_peft.ipynb #5f6adbdc
+# %% ../nbs/07_peft.ipynb #82cf5e26
 PEFT_PREFIX = 'base_model.model.'
 
 def _to_peft_key(k:str)->str:
@@ -581,7 +581,7 @@ def export_merged(
         if (Path(run_dir)/f).is_file(): shutil.copy(Path(run_dir)/f, Path(out)/f)
     return Path(out)
 
-# %% ../nbs/07_peft.ipynb #71b0ad23
+# %% ../nbs/07_peft.ipynb #7b9a7eb9
 def is_peft_adapter(path)->bool:
     "Whether `path` is a peft adapter folder (it holds adapter_config.json)"
     return Path(str(path)).expanduser().joinpath('adapter_config.json').is_file()
