@@ -23,9 +23,14 @@ from .evaluate import compute_metrics, baseline_metrics, metrics_table
 from .core import md_table
 
 # %% auto #0
-__all__ = ['RunConfig', 'check_config', 'default_run_dir', 'saved_config', 'resume_settings', 'prepare_run_dir', 'data_sha256',
-           'versions', 'git_commit', 'preprocessing_of', 'PreparedData', 'prepare_data', 'RunResult', 'run', 'kept_by',
+__all__ = ['METHODS', 'DEFAULT_LR', 'RunConfig', 'learning_rate', 'peft_settings', 'check_config', 'default_run_dir',
+           'saved_config', 'resume_settings', 'prepare_run_dir', 'data_sha256', 'versions', 'git_commit',
+           'preprocessing_of', 'PreparedData', 'prepare_data', 'build_model', 'RunResult', 'run', 'kept_by',
            'model_card', 'Predictor', 'evaluate_run']
+
+# %% ../nbs/09_pipeline.ipynb #0d3f609d
+from .peft import (PEFT_METHODS, PeftSettings, build_peft_classifier, save_peft, load_peft, peft_record,
+                         peft_callbacks, is_peft_adapter, import_peft)
 
 # %% ../nbs/09_pipeline.ipynb #13990aa5
 @dataclass
@@ -40,9 +45,18 @@ class RunConfig:
     test_frac:float = 0.2         # share held out for test when there is no test file
     model:str = 'minilm'          # 'minilm', 'tiny', a hub id or a local folder
     pooling:str = 'mean'          # 'mean' or 'cls'
-    method:str = 'full'           # 'full' fine-tune or 'head' only
+    method:str = 'full'           # 'full' fine-tune, 'head' only, or a PEFT method: 'lora', 'adalora', 'adapter', 'prefix'
+    lora_r:int = PeftSettings.lora_r                 # LoRA: rank r of the update B A
+    lora_alpha:float = PeftSettings.lora_alpha       # LoRA, AdaLoRA: the update is scaled by alpha/r
+    lora_dropout:float = PeftSettings.lora_dropout   # LoRA, AdaLoRA: dropout on the adapter branch's input
+    lora_targets:str = PeftSettings.lora_targets     # LoRA, AdaLoRA: comma-separated name suffixes of the layers to adapt
+    adalora_init_r:int = PeftSettings.adalora_init_r # AdaLoRA: rank of each adapted matrix at the start
+    adalora_target_r:int = PeftSettings.adalora_target_r # AdaLoRA: mean rank per matrix at the end
+    adapter_size:int = PeftSettings.adapter_size     # bottleneck adapters: width m
+    adapter_kind:str = PeftSettings.adapter_kind     # 'houlsby' (after attention and feed-forward) or 'pfeiffer' (after feed-forward)
+    prefix_len:int = PeftSettings.prefix_len         # prefix tuning: key/value vectors per layer
     epochs:int = TrainConfig.epochs                # passes over the training rows
-    lr:float = TrainConfig.lr               # peak learning rate of the backbone
+    lr:float|None = None          # peak learning rate of the trained weights; None: the method's default (DEFAULT_LR)
     head_lr_scale:float = TrainConfig.head_lr_scale    # the head's learning rate is `lr * head_lr_scale`
     batch_size:int = 16           # rows per step
     max_len:int = 320             # tokens kept per text
@@ -69,9 +83,24 @@ class RunConfig:
                 if getattr(self, f.name) != f.default}
 
     def train_config(self)->TrainConfig:
-        "The engine's settings of this run: every field `TrainConfig` shares with `RunConfig`, the others at their defaults"
+        "The engine's settings of this run: every field `TrainConfig` shares with `RunConfig` (`lr` resolved by `learning_rate`), the others at their defaults"
         mine = {f.name for f in dataclasses.fields(self)}
-        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig) if f.name in mine})
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig) if f.name in mine}
+        return TrainConfig(**{**shared, 'lr': learning_rate(self)})
+
+# %% ../nbs/09_pipeline.ipynb #fa54ca97
+METHODS = (*METHODS, *PEFT_METHODS)   # full, head, and the parameter-efficient methods of specft.peft
+# full and head: the measured recipe (bench/recipe.py). The PEFT rates are the usual starting points of their papers
+# (LoRA, AdaLoRA, adapters ~1e-3; prefixes ~1e-2), to be confirmed on validation data by `bench/peft.py --lr-sweep`.
+DEFAULT_LR = {'full': TrainConfig.lr, 'head': TrainConfig.lr, 'lora': 1e-3, 'adalora': 1e-3, 'adapter': 1e-3, 'prefix': 1e-2}
+
+def learning_rate(cfg:RunConfig)->float:
+    "The peak learning rate of run `cfg`: `cfg.lr`, or its method's default"
+    return cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.method]
+
+def peft_settings(cfg:RunConfig)->PeftSettings:
+    "The `specft.peft.PeftSettings` of run `cfg` (its method and the fields they share)"
+    return PeftSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PeftSettings) if hasattr(cfg, f.name)})
 
 # %% ../nbs/09_pipeline.ipynb #d4e4ee05
 _CHOICES = {'pooling': POOLINGS, 'method': METHODS, 'task': ('rating', 'condition')}
@@ -86,6 +115,7 @@ def check_config(cfg:RunConfig)->RunConfig:
     for name in ('val_frac', 'test_frac'):
         if not 0 < getattr(cfg, name) < 1:
             raise SpecftConfigError(f"--{name.replace('_','-')} must be in (0, 1), got {getattr(cfg, name)}.")
+    if cfg.method in PEFT_METHODS: peft_settings(cfg).check()
     if cfg.max_train_rows is not None and cfg.max_train_rows < 1:
         raise SpecftConfigError(f"--max-train-rows must be at least 1, got {cfg.max_train_rows}.")
     if cfg.resume and cfg.overwrite: raise SpecftConfigError("--resume and --overwrite contradict each other; give one.")
@@ -217,6 +247,25 @@ def prepare_data(cfg:RunConfig)->PreparedData:
     report['splits'] = {'train': len(tr), 'val': len(splits.val), 'test': len(splits.test)}
     return PreparedData(tr, splits.val, splits.test, labels, corpus.name, corpus.source, corpus.citation, report, sha)
 
+# %% ../nbs/09_pipeline.ipynb #6e76bad6
+def build_model(
+    cfg:RunConfig,   # the run's settings
+    num_labels:int,  # classes in the data
+)->tuple:            # the classifier, its tokenizer, and the PEFT record (None for full and head)
+    "The classifier of run `cfg`: fine-tuned fully, head only, with a PEFT method, or from a peft LoRA adapter folder"
+    if is_peft_adapter(cfg.model):
+        if cfg.method != 'lora':
+            raise SpecftConfigError(f"--model {cfg.model} is a peft adapter folder; continue training it with --method lora.")
+        model, tok, rec = import_peft(cfg.model, num_labels=num_labels, pooling=cfg.pooling)
+        if model.num_labels != num_labels:
+            raise SpecftConfigError(f"the adapter in {cfg.model} has a head for {model.num_labels} classes, but the data has "
+                                    f"{num_labels}; use data with the same labels, or an adapter without a head.")
+        return model, tok, rec
+    if cfg.method in PEFT_METHODS:
+        return build_peft_classifier(cfg.model, num_labels, peft_settings(cfg), cfg.pooling, cfg.seed)
+    model, tok = build_classifier(cfg.model, num_labels=num_labels, pooling=cfg.pooling, seed=cfg.seed)
+    return (freeze(model, 'head') if cfg.method == 'head' else model), tok, None
+
 # %% ../nbs/09_pipeline.ipynb #566a041c
 @dataclass
 class RunResult:
@@ -246,8 +295,7 @@ def run(
     cfg, out = prepare_run_dir(check_config(config))
     set_seed(cfg.seed)
     data = prepare_data(cfg)
-    model, tok = build_classifier(cfg.model, num_labels=len(data.labels), pooling=cfg.pooling, seed=cfg.seed)
-    if cfg.method == 'head': freeze(model, 'head')
+    model, tok, peft = build_model(cfg, len(data.labels))
     info = {'config': asdict(cfg), 'preprocessing': preprocessing_of(cfg), 'labels': data.labels.names,
             'data': {'name': data.corpus_name, 'source': data.source, 'citation': data.citation},
             'report': data.report, 'params': count_params(model), 'versions': versions(),
@@ -260,7 +308,7 @@ def run(
     data.labels.save(out/'labels.json')
     train_dl, val_dl, test_dl = (_encode(tok, df, data.labels, cfg, shuffle=df is data.train)
                                  for df in (data.train, data.val, data.test))
-    state = fit(model, train_dl, val_dl, cfg.train_config(), callbacks=callbacks,
+    state = fit(model, train_dl, val_dl, cfg.train_config(), callbacks=[*callbacks, *peft_callbacks(model, peft_settings(cfg))],
                 out_dir=out, labels=data.labels.names, resume=cfg.resume)
     probs = predict_logits(model, test_dl, device=cfg.device, precision=choose_precision(cfg.precision, cfg.device)).softmax(-1)
     y_true, y_pred = data.labels.encode(data.test['label']), probs.argmax(-1).tolist()
@@ -270,7 +318,8 @@ def run(
     counts = {'n_test': len(data.test), 'n_train': len(data.train), 'n_val': len(data.val),
               'n_leaked_test': len(data.report['leaked_test_rows'])}
     metrics.update(counts, best_epoch=state.kept_epoch, baseline={**base, **counts})   # DESIGN's key for the kept epoch
-    save_classifier(model, tok, out, data.labels.names)
+    if peft: save_peft(model, tok, out, data.labels.names, peft)   # the adapter and the head, the backbone's name and hash
+    else: save_classifier(model, tok, out, data.labels.names)
     (out/'metrics.json').write_text(json.dumps(metrics, indent=2))
     (out/'card.md').write_text(model_card(info, metrics))
     if state.step >= state.total_steps: remove_checkpoints(out, keep_steps=cfg.keep_checkpoints)   # else stopped: resumable
@@ -352,7 +401,7 @@ class Predictor:
             raise SpecftConfigError(f"{run_dir} is not a finished specft run folder (it needs run.json and config.json); "
                                     "give the folder that `specft train` printed.")
         info = json.loads((run_dir/'run.json').read_text())
-        model, tok = load_classifier(run_dir)
+        model, tok = load_peft(run_dir) if peft_record(run_dir) else load_classifier(run_dir)
         return cls(model, tok, LabelMap.load(run_dir/'labels.json').names, info['preprocessing'], device)
 
     def predict_proba(self, texts)->np.ndarray:

@@ -111,6 +111,7 @@ class TrainState:
 class Callback:
     "Base class of the training engine's events; every method does nothing"
     def on_train_begin(self, state:TrainState): pass
+    def on_backward_end(self, state:TrainState): pass   # gradients complete, optimizer step next
     def on_step_end(self, state:TrainState): pass
     def on_evaluate(self, state:TrainState): pass
     def on_epoch_end(self, state:TrainState): pass
@@ -411,6 +412,7 @@ def train_step(self:Trainer, group:list[dict]):
         warnings.warn(f"out of memory at step {self.state.step + 1}: halving the batch to "
                       f"{math.ceil(n / self.state.micro_split)} examples per forward pass and accumulating "
                       f"{self.state.micro_split} of them, so the effective batch stays the same.")
+    self.emit('on_backward_end')
     lr = self.optimizer.param_groups[self._body_group]['lr']
     optimizer_step(self.optimizer, self.scheduler, self.scaler, self.cfg.max_grad_norm)
     return loss, lr

@@ -164,7 +164,7 @@ def hub_head(
 # %% ../nbs/11_widgets.ipynb #ba5ac860
 BUNDLED = 'drug-reviews'
 SOURCES = (('drug reviews', 'bundled'), ('file', 'file'), ('upload', 'upload'), ('hub', 'hub'))
-METHOD_NAMES = {'full': 'full fine-tune', 'head': 'head only', 'lora': 'LoRA', 'adapter': 'adapters', 'prefix': 'prefix tuning'}
+METHOD_NAMES = {'full': 'full fine-tune', 'head': 'head only', 'lora': 'LoRA', 'adalora': 'AdaLoRA', 'adapter': 'adapters', 'prefix': 'prefix tuning'}
 
 BUTTON_STATES = {  # (button_style, tooltip) of Start and Stop, when idle and while a run goes
     False: (('primary', 'Train with these settings'), ('', 'No run is going')),
@@ -196,8 +196,9 @@ class _PanelWidgets(W.VBox):
         self.method = W.Dropdown(options=[(METHOD_NAMES.get(m, m), m) for m in pipeline.METHODS], value=d['method'],
                                  description='method', style=st)
         # Training
-        e = math.log10(d['lr'])
-        self.lr = W.FloatLogSlider(value=d['lr'], base=10, min=min(-6, math.floor(e)), max=max(-2, math.ceil(e)),
+        lr = d['lr'] if d['lr'] is not None else pipeline.DEFAULT_LR[d['method']]   # None: the method's default
+        e = math.log10(lr)
+        self.lr = W.FloatLogSlider(value=lr, base=10, min=min(-6, math.floor(e)), max=max(-2, math.ceil(e)),
                                    step=0.01, readout_format='.2g', description='learning rate', style=st)
         self.epochs = W.IntSlider(value=d['epochs'], min=1, max=max(20, d['epochs']), description='epochs', style=st)
         self.batch_size = W.Dropdown(options=sorted({4, 8, 16, 32, 64, d['batch_size']}), value=d['batch_size'],
@@ -496,7 +497,7 @@ class TrainPanel(_RunPart, _DataPart, _PanelWidgets):
                          'overwrite')}
         self.convert = {'model': str.strip,
                         'max_train_rows': lambda v: v or None, 'out': lambda v: v.strip() or None,
-                        'lr': lambda v: float(f'{v:.2g}'),  # a dragged log slider gives 7.943e-05; the readout says 7.9e-05
+                        'lr': self._lr,
                         'warmup': lambda v: round(v, 6), 'weight_decay': lambda v: round(v, 6),  # float noise of slider steps
                         'logit_adjust': lambda v: round(v, 6)}
         for b, f in ((self.start_btn, self.start), (self.stop_btn, self.stop), (self.code_btn, self.show_code),
@@ -505,7 +506,18 @@ class TrainPanel(_RunPart, _DataPart, _PanelWidgets):
                      (self.hub, self.preview), (self.upload, self._on_upload), (self.device, self._show_precision),
                      (self.text_col, lambda: self._busy or self.preview()), (self.label_col, lambda: self._busy or self.preview())):
             w.observe(lambda _, f=f: f(), 'value')
+        self.method.observe(self._on_method, 'value')
         self._on_source(); self._show_precision()
+
+    def _lr(self, v:float)->float|None:
+        "The slider's learning rate as the readout shows it (a dragged log slider gives 7.943e-05); None at the method's default"
+        v = float(f'{v:.2g}')
+        return None if v == pipeline.DEFAULT_LR.get(self.method.value) else v
+
+    def _on_method(self, change):
+        "A slider left at the old method's default moves to the new method's"
+        if float(f'{self.lr.value:.2g}') == pipeline.DEFAULT_LR.get(change['old']):
+            self.lr.value = pipeline.DEFAULT_LR.get(change['new'], self.lr.value)
 
     @property
     def running(self)->bool: return self._thread is not None and self._thread.is_alive()

@@ -130,8 +130,10 @@ def test_drop_empty_flag_drops_and_reports(tmp_path, capsys):
     assert info['report']['loading']['dropped_train']['empty_text'] == [60]
 
 def test_bad_flags(tmp_path, capsys):
-    code, _, err = call(capsys, 'train', *TINY, '--method', 'lora', '--out', str(tmp_path/'r'))
-    assert code == 2 and "--method 'lora' is not known; use one of: full, head" in err
+    code, _, err = call(capsys, 'train', *TINY, '--method', 'lora', '--lora-alpha', '0', '--out', str(tmp_path/'r'))
+    assert code == 2 and '--lora-alpha must be positive' in err and len(err.strip().splitlines()) == 1
+    code, _, err = call(capsys, 'train', *TINY, '--method', 'lora', '--lora-targets', 'q_proj', '--out', str(tmp_path/'r2'))
+    assert code == 2 and 'its linear layers are' in err
     code, _, err = call(capsys, 'serve', str(tmp_path))   # an empty folder is no run folder: a user error
     assert code == 2 and str(tmp_path) in err
     code, _, err = call(capsys, 'train', *TINY, '--logit-adjust', '-1', '--out', str(tmp_path/'r'))

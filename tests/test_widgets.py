@@ -45,7 +45,7 @@ def test_defaults_are_the_cli_defaults():
     assert d == {k: v for k, v in vars(build_parser().parse_args(['train'])).items() if k != 'command'}
     assert p.config() == RunConfig()
     assert (p.lr.value, p.epochs.value, p.batch_size.value, p.max_len.value, p.warmup.value, p.weight_decay.value,
-            p.seed.value, p.device.value) == (d['lr'], d['epochs'], d['batch_size'], d['max_len'], d['warmup'],
+            p.seed.value, p.device.value) == (pipeline.DEFAULT_LR[d['method']], d['epochs'], d['batch_size'], d['max_len'], d['warmup'],
                                               d['weight_decay'], d['seed'], d['device'])
     assert (p.class_weights.value, p.logit_adjust.value) == (d['class_weights'], d['logit_adjust'])
 
@@ -53,6 +53,13 @@ def test_methods_follow_the_pipeline(monkeypatch):
     assert [v for _, v in TrainPanel().method.options] == list(pipeline.METHODS)
     monkeypatch.setattr(pipeline, 'METHODS', (*pipeline.METHODS, 'lora'))
     assert ('LoRA', 'lora') in TrainPanel().method.options
+
+def test_lr_follows_the_method():
+    p = TrainPanel()
+    p.method.value = 'lora'
+    assert p.lr.value == pytest.approx(pipeline.DEFAULT_LR['lora']) and p.config().lr is None
+    p.lr.value = 3e-4; p.method.value = 'adapter'
+    assert p.config().lr == 3e-4
 
 def test_precision_shown_next_to_the_device():
     p = TrainPanel()

@@ -1,0 +1,114 @@
+"""Parameter-efficient fine-tuning benchmark: every method of `specft train --method` with its defaults on the bundled
+drug reviews (rating task), seeds 0 1 2, each run paired with the TF-IDF baseline trained on the same rows.
+
+Per run: test accuracy and macro-F1 (and the baseline's), trainable parameters (count and % of the model), seconds
+per epoch, peak memory (RSS on the CPU, `torch.cuda.max_memory_allocated` on a GPU), the optimizer state's size (the
+first checkpoint's optimizer.pt) and the weights the run folder keeps (model.safetensors). Every run is a fresh
+process, so peak memory is its own. `--lr-sweep` instead picks each PEFT method's learning rate on the VALIDATION
+split (macro-F1 of the kept epoch, mean over the seeds given), never on the test split.
+
+    python bench/peft.py                      # MiniLM, all methods, seeds 0 1 2 -> bench/peft_results.json
+    python bench/peft.py --quick              # the tiny random model, 1 epoch, few rows: a smoke test of the script
+    python bench/peft.py --lr-sweep --methods lora --seeds 0 --out bench/peft_lr_sweep.json
+"""
+from __future__ import annotations
+import argparse, json, multiprocessing as mp, os, platform, resource, statistics, sys, tempfile, time
+from pathlib import Path
+# this file is named like the `peft` package that transformers imports: keep its folder off the import path
+sys.path[:] = [q for q in sys.path if Path(q or '.').resolve() != Path(__file__).resolve().parent]
+
+def _one(job:dict)->dict:
+    "Train one run in this (fresh) process and measure it"
+    import torch
+    from specft.pipeline import RunConfig, run
+    from specft.train import Callback
+    torch.set_num_threads(job.pop('threads'))
+    class Meter(Callback):
+        "Seconds per epoch, and the optimizer state's size at the first checkpoint"
+        def __init__(self): self.t, self.epochs, self.opt_bytes = None, [], None
+        def on_train_begin(self, s): self.t = time.perf_counter()
+        def on_epoch_end(self, s):
+            now = time.perf_counter(); self.epochs.append(now - self.t); self.t = now
+        def on_evaluate(self, s): self.t_eval = time.perf_counter()
+        def on_checkpoint(self, s, path):
+            if self.opt_bytes is None: self.opt_bytes = (Path(path)/'optimizer.pt').stat().st_size
+    m = Meter()
+    cuda = torch.cuda.is_available()
+    if cuda: torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as d:
+        r = run(RunConfig(out=f'{d}/run', **job['config']), callbacks=[m])
+        info = json.loads((r.run_dir/'run.json').read_text())
+        weights = (r.run_dir/'model.safetensors').stat().st_size
+        folder = sum(p.stat().st_size for p in r.run_dir.rglob('*') if p.is_file())
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    p = info['params']
+    return dict(job['config'], test_accuracy=r.metrics['accuracy'], test_macro_f1=r.metrics['macro_f1'],
+                baseline_accuracy=r.baseline['accuracy'], baseline_macro_f1=r.baseline['macro_f1'],
+                val_macro_f1=r.state.metrics.get('macro_f1'), val_accuracy=r.state.metrics.get('accuracy'),
+                trainable=p['trainable'], total=p['total'], trainable_pct=100 * p['trainable'] / p['total'],
+                sec_per_epoch=statistics.median(m.epochs), epoch_seconds=m.epochs,
+                peak_memory_bytes=peak, peak_memory_kind='cuda_max_allocated' if cuda else 'rss',
+                optimizer_state_bytes=m.opt_bytes, weights_bytes=weights, folder_bytes=folder)
+
+def _summary(rows:list[dict], methods)->dict:
+    "Mean and sd over seeds of each method's measures"
+    out = {}
+    for meth in methods:
+        rs = [r for r in rows if r['method'] == meth]
+        if not rs: continue
+        agg = lambda k: dict(mean=statistics.fmean(r[k] for r in rs), sd=statistics.stdev(r[k] for r in rs) if len(rs) > 1 else 0.0)
+        out[meth] = {k: agg(k) for k in ('test_accuracy', 'test_macro_f1', 'baseline_accuracy', 'baseline_macro_f1',
+                                         'sec_per_epoch', 'peak_memory_bytes')}
+        out[meth].update(lr=rs[0]['lr'], trainable=rs[0]['trainable'], trainable_pct=rs[0]['trainable_pct'],
+                         optimizer_state_bytes=rs[0]['optimizer_state_bytes'], weights_bytes=rs[0]['weights_bytes'],
+                         folder_bytes=rs[0]['folder_bytes'], seeds=[r['seed'] for r in rs],
+                         gap_to_baseline_macro_f1=statistics.fmean(r['test_macro_f1'] - r['baseline_macro_f1'] for r in rs))
+    return out
+
+SWEEP = {'lora': (3e-4, 1e-3, 3e-3), 'adalora': (3e-4, 1e-3, 3e-3), 'adapter': (3e-4, 1e-3, 3e-3), 'prefix': (3e-3, 1e-2, 3e-2)}
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--methods', nargs='+', default=['full', 'head', 'lora', 'adalora', 'adapter', 'prefix'])
+    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    p.add_argument('--quick', action='store_true', help="the tiny model, 1 epoch, 48 training rows: checks the script")
+    p.add_argument('--lr-sweep', action='store_true', help='pick each PEFT method\'s lr on the validation split')
+    p.add_argument('--workers', type=int, default=1, help='runs at a time (each its own process); timing is clean at 1')
+    p.add_argument('--out', default=None, help='results file (default bench/peft_results.json, or _quick / _lr_sweep)')
+    a = p.parse_args(argv)
+    from specft.pipeline import learning_rate, RunConfig
+    base = dict(model='tiny', epochs=1, max_train_rows=48, max_len=64) if a.quick else {}
+    jobs = []
+    for meth in a.methods:
+        lrs = SWEEP.get(meth, ()) if a.lr_sweep else (None,)
+        for lr in lrs:
+            for s in a.seeds:
+                cfg = dict(base, method=meth, seed=s)
+                cfg['lr'] = lr if lr is not None else learning_rate(RunConfig(**cfg))
+                jobs.append(dict(config=cfg, threads=max(1, (os.cpu_count() or 1) // a.workers)))
+    suffix = '_quick' if a.quick else '_lr_sweep' if a.lr_sweep else ''
+    out = Path(a.out or Path(__file__).parent/f'peft_results{suffix}.json')
+    t0 = time.time()
+    with mp.get_context('spawn').Pool(a.workers, maxtasksperchild=1) as pool:
+        rows = []
+        for r in pool.imap(_one, jobs):
+            rows.append(r)
+            print(f"{r['method']:8s} lr {r['lr']:.0e} seed {r['seed']}: test macro-F1 {r['test_macro_f1']:.3f} (baseline "
+                  f"{r['baseline_macro_f1']:.3f}), val macro-F1 {r['val_macro_f1']:.3f}, {r['trainable_pct']:.2f}% trainable, "
+                  f"{r['sec_per_epoch']:.1f} s/epoch", flush=True)
+    import torch, transformers
+    res = dict(command='python bench/peft.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+               device=torch.cuda.get_device_name() if torch.cuda.is_available() else f'cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})',
+               torch=torch.__version__, transformers=transformers.__version__, workers=a.workers,
+               minutes=round((time.time() - t0) / 60, 1), runs=rows)
+    if a.lr_sweep:
+        val = {}
+        for r in rows: val.setdefault(r['method'], {}).setdefault(r['lr'], []).append(r['val_macro_f1'])
+        res['val_macro_f1'] = {m: {str(lr): statistics.fmean(v) for lr, v in d.items()} for m, d in val.items()}
+        res['chosen_lr'] = {m: max(d, key=lambda lr: statistics.fmean(d[lr])) for m, d in val.items()}
+        print('chosen on validation macro-F1:', res['chosen_lr'])
+    else: res['summary'] = _summary(rows, a.methods)
+    out.write_text(json.dumps(res, indent=1))
+    print(f'wrote {out}')
+
+if __name__ == '__main__': main()
