@@ -72,9 +72,10 @@ def add_deploy_commands(sub)->None:
     from specft.deploy import EXPORTERS
     from specft.serve import ServeConfig
     d = ServeConfig()
-    x = sub.add_parser('export', help='write a deployable folder (merged, int8, ONNX) and measure what it costs')
+    x = sub.add_parser('export', help='write a deployable folder (merged, int8, ONNX) and measure what it costs, '
+                                      'or a LoRA run as a Hugging Face peft adapter')
     x.add_argument('run_dir'); x.add_argument('--out', required=True, help='the folder to write (new or empty)')
-    x.add_argument('--format', default='merged', help=f"one of: {', '.join(EXPORTERS)} (default: merged)")
+    x.add_argument('--format', default='merged', help=f"one of: {', '.join([*EXPORTERS, 'peft'])} (default: merged)")
     x.add_argument('--keep-layers', type=int, metavar='K', help='keep K encoder layers, evenly spread (default: all)')
     x.add_argument('--distill-epochs', type=int, default=0, metavar='N',
                    help='with --keep-layers: distil from the full run for N epochs (default: 0)')
@@ -88,6 +89,10 @@ def add_deploy_commands(sub)->None:
     s.add_argument('--max-batch', type=int, default=d.max_batch, help=f'texts per forward pass (default: {d.max_batch})')
 
 def _export(a):
+    if a.format == 'peft':   # an adapter folder for `PeftModel.from_pretrained`, not a deployable specft folder
+        from specft.peft import export_peft
+        print(f"{export_peft(a.run_dir, a.out)}: a Hugging Face peft adapter (adapter_config.json, "
+              "adapter_model.safetensors; the head under modules_to_save)"); return
     from specft.deploy import export_run
     s = export_run(a.run_dir, a.out, a.format, a.keep_layers, a.distill_epochs)
     c = s['cost']

@@ -26,7 +26,7 @@ __all__ = ['ONNX_INPUTS', 'EXPORTERS', 'size_on_disk', 'state_bytes', 'latency',
            'export_onnx', 'OrtClassifier', 'quantize_onnx', 'magnitude_prune', 'sparsity', 'spread', 'keep_layers',
            'head_scores', 'prune_heads', 'weakest_heads', 'build_pruned', 'distill_loss', 'Distiller', 'distill',
            'export_merged', 'export_int8', 'export_onnx_fp32', 'export_onnx_int8', 'load_deployed', 'check_run_dir',
-           'length_bins', 'reference_of', 'export_run']
+           'length_bins', 'reference_of', 'plain_model', 'export_run']
 
 # %% ../nbs/10_deploy.ipynb #cc4d22e2
 def size_on_disk(
@@ -367,6 +367,19 @@ def _deploy_card(card:str, spec:dict)->str:
     return card.rstrip() + "\n\n## Deployment\n" + '\n'.join(what) + f"\n- Exported from `{spec['source']}` on {spec['created']}.\n"
 
 # %% ../nbs/10_deploy.ipynb #e93fd5e9
+def plain_model(
+    model:nn.Module,      # the model of run `run_dir`, as `Predictor.load` built it
+    run_dir:str|Path,     # its run folder
+)->nn.Module:             # `model` with plain BERT layers
+    "Fold a LoRA or AdaLoRA run's low-rank updates into its weights; refuse adapters and prefixes, which cannot be folded"
+    from .peft import peft_record, merge_to_plain
+    rec = peft_record(run_dir)
+    if rec is None: return model
+    if rec['settings']['method'] in ('lora', 'adalora'): return merge_to_plain(model)
+    raise SpecftConfigError(f"{run_dir} is a '{rec['settings']['method']}' run: its adapters or prefixes add computation "
+                            "that cannot be folded into the weights, so it exports to none of these formats. "
+                            "Serve the run folder itself (`specft serve RUN_DIR`).")
+
 def export_run(
     run_dir:str|Path,          # a finished run folder
     out:str|Path,              # the folder to write (must not exist, or be empty)
@@ -386,12 +399,12 @@ def export_run(
     teacher = Predictor.load(src, device)
     cfg = saved_config(info['config'])
     data = prepare_data(cfg)
-    model, L = copy.deepcopy(teacher.model), len(encoder_layers(teacher.model))
+    model, L = plain_model(copy.deepcopy(teacher.model), src), len(encoder_layers(teacher.model))
     if keep_layers_k is not None:
         keep_layers(model, keep_layers_k)
         if distill_epochs:
             tr, va = (_encode(teacher.tok, df, data.labels, cfg, shuffle=df is data.train) for df in (data.train, data.val))
-            distill(model, teacher.model, tr, va, TrainConfig(epochs=distill_epochs, lr=cfg.lr, device=device, seed=cfg.seed,
+            distill(model, teacher.model, tr, va, TrainConfig(epochs=distill_epochs, lr=cfg.lr or TrainConfig.lr, device=device, seed=cfg.seed,
                     select_metric='last', head_lr_scale=1.0), labels=teacher.labels)
     model = model.cpu().eval()
     out.mkdir(parents=True, exist_ok=True)

@@ -100,3 +100,18 @@ def test_cli_export_and_errors(tiny, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1, err
+
+def test_lora_run_exports_merged_onnx_and_peft(tmp_path):
+    "A LoRA run's updates are folded in for the deployable formats; --format peft writes an adapter; adapters are refused"
+    res = run(RunConfig(model='tiny', method='lora', epochs=1, max_len=48, max_train_rows=60, device='cpu', out=str(tmp_path/'lora')))
+    pred = Predictor.load(res.run_dir, 'cpu')
+    texts = ['this drug worked well for me', 'terrible side effects, stopped after a week', 'no change at all']
+    P = pred.predict_proba(texts)
+    for fmt in ('merged', 'onnx'):
+        spec = export_run(res.run_dir, tmp_path/fmt, fmt, device='cpu')
+        assert spec['cost']['agreement'] == 1.0, (fmt, spec['cost'])
+        np.testing.assert_allclose(load_deployed(tmp_path/fmt, 'cpu').predict_proba(texts), P, atol=1e-4)
+    assert main(['export', str(res.run_dir), '--format', 'peft', '--out', str(tmp_path/'adapter')]) == 0
+    assert json.loads((tmp_path/'adapter'/'adapter_config.json').read_text())['peft_type'] == 'LORA'
+    ad = run(RunConfig(model='tiny', method='adapter', epochs=1, max_len=48, max_train_rows=60, device='cpu', out=str(tmp_path/'ad')))
+    assert main(['export', str(ad.run_dir), '--format', 'onnx', '--out', str(tmp_path/'ad-onnx')]) == 2
