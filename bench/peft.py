@@ -74,7 +74,7 @@ def main(argv=None):
     p.add_argument('--quick', action='store_true', help="the tiny model, 1 epoch, 48 training rows: checks the script")
     p.add_argument('--lr-sweep', action='store_true', help='pick each PEFT method\'s lr on the validation split')
     p.add_argument('--workers', type=int, default=1, help='runs at a time (each its own process); timing is clean at 1')
-    p.add_argument('--out', default=None, help='results file (default bench/peft_results.json, or _quick / _lr_sweep)')
+    p.add_argument('--out', default=None, help='results file (default bench/peft_results.json, or _lr_sweep; --quick: a temporary file)')
     a = p.parse_args(argv)
     from specft.pipeline import learning_rate, RunConfig
     base = dict(model='tiny', epochs=1, max_train_rows=48, max_len=64) if a.quick else {}
@@ -86,8 +86,9 @@ def main(argv=None):
                 cfg = dict(base, method=meth, seed=s)
                 cfg['lr'] = lr if lr is not None else learning_rate(RunConfig(**cfg))
                 jobs.append(dict(config=cfg, threads=max(1, (os.cpu_count() or 1) // a.workers)))
-    suffix = '_quick' if a.quick else '_lr_sweep' if a.lr_sweep else ''
-    out = Path(a.out or Path(__file__).parent/f'peft_results{suffix}.json')
+    default = (Path(tempfile.mkdtemp(prefix='peft-quick-'))/'peft_results_quick.json' if a.quick   # never over committed results
+               else Path(__file__).parent/f"peft_results{'_lr_sweep' if a.lr_sweep else ''}.json")
+    out = Path(a.out) if a.out else default
     t0 = time.time()
     with mp.get_context('spawn').Pool(a.workers, maxtasksperchild=1) as pool:
         rows = []
