@@ -372,7 +372,7 @@ def plain_model(
     run_dir:str|Path,     # its run folder
 )->nn.Module:             # `model` with plain BERT layers
     "Fold a LoRA or AdaLoRA run's low-rank updates into its weights; refuse adapters and prefixes, which cannot be folded"
-    from .peft import peft_record, merge_to_plain
+    from specft.peft import peft_record, merge_to_plain
     rec = peft_record(run_dir)
     if rec is None: return model
     if rec['settings']['method'] in ('lora', 'adalora'): return merge_to_plain(model)
