@@ -91,7 +91,7 @@ class RunConfig:
 # %% ../nbs/09_pipeline.ipynb #fa54ca97
 METHODS = (*METHODS, *PEFT_METHODS)   # full, head, and the parameter-efficient methods of specft.peft
 # full and head: the measured recipe (bench/recipe.py). The PEFT rates are the usual starting points of their papers
-# (LoRA, AdaLoRA, adapters ~1e-3; prefixes ~1e-2), to be confirmed on validation data by `bench/peft.py --lr-sweep`.
+# (LoRA, AdaLoRA, adapters ~1e-3; prefixes ~1e-2), to be confirmed on validation data by `bench/peft_methods.py --lr-sweep`.
 DEFAULT_LR = {'full': TrainConfig.lr, 'head': TrainConfig.lr, 'lora': 1e-3, 'adalora': 1e-3, 'adapter': 1e-3, 'prefix': 1e-2}
 
 def learning_rate(cfg:RunConfig)->float:

@@ -7,15 +7,13 @@ first checkpoint's optimizer.pt) and the weights the run folder keeps (model.saf
 process, so peak memory is its own. `--lr-sweep` instead picks each PEFT method's learning rate on the VALIDATION
 split (macro-F1 of the kept epoch, mean over the seeds given), never on the test split.
 
-    python bench/peft.py                      # MiniLM, all methods, seeds 0 1 2 -> bench/peft_results.json
-    python bench/peft.py --quick              # the tiny random model, 1 epoch, few rows: a smoke test of the script
-    python bench/peft.py --lr-sweep --methods lora --seeds 0 --out bench/peft_lr_sweep.json
+    python bench/peft_methods.py                      # MiniLM, all methods, seeds 0 1 2 -> bench/peft_results.json
+    python bench/peft_methods.py --quick              # the tiny random model, 1 epoch, few rows: a smoke test of the script
+    python bench/peft_methods.py --lr-sweep --methods lora --seeds 0 --out bench/peft_lr_sweep.json
 """
 from __future__ import annotations
 import argparse, json, multiprocessing as mp, os, platform, resource, statistics, sys, tempfile, time
 from pathlib import Path
-# this file is named like the `peft` package that transformers imports: keep its folder off the import path
-sys.path[:] = [q for q in sys.path if Path(q or '.').resolve() != Path(__file__).resolve().parent]
 
 def _one(job:dict)->dict:
     "Train one run in this (fresh) process and measure it"
@@ -98,7 +96,7 @@ def main(argv=None):
                   f"{r['baseline_macro_f1']:.3f}), val macro-F1 {r['val_macro_f1']:.3f}, {r['trainable_pct']:.2f}% trainable, "
                   f"{r['sec_per_epoch']:.1f} s/epoch", flush=True)
     import torch, transformers
-    res = dict(command='python bench/peft.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+    res = dict(command='python bench/peft_methods.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
                device=torch.cuda.get_device_name() if torch.cuda.is_available() else f'cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})',
                torch=torch.__version__, transformers=transformers.__version__, workers=a.workers,
                minutes=round((time.time() - t0) / 60, 1), runs=rows)
