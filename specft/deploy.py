@@ -19,14 +19,14 @@ from .core import md_table
 from .model import Classifier, encoder_layers, save_classifier
 from .train import TrainConfig, fit, predict_logits
 from .evaluate import compute_metrics
-from .pipeline import Predictor, prepare_data, saved_config, _encode
+from .pipeline import Predictor, prepare_data, saved_config, _encode, check_run_dir
 
 # %% auto #0
 __all__ = ['ONNX_INPUTS', 'EXPORTERS', 'size_on_disk', 'state_bytes', 'latency', 'parity', 'quantize_int8', 'quiet_loggers',
            'export_onnx', 'OrtClassifier', 'quantize_onnx', 'magnitude_prune', 'sparsity', 'spread', 'keep_layers',
            'head_scores', 'prune_heads', 'weakest_heads', 'build_pruned', 'distill_loss', 'Distiller', 'distill',
-           'export_merged', 'export_int8', 'export_onnx_fp32', 'export_onnx_int8', 'load_deployed', 'check_run_dir',
-           'length_bins', 'reference_of', 'plain_model', 'export_run']
+           'export_merged', 'export_int8', 'export_onnx_fp32', 'export_onnx_int8', 'load_deployed', 'length_bins',
+           'reference_of', 'plain_model', 'export_run']
 
 # %% ../nbs/10_deploy.ipynb #cc4d22e2
 def size_on_disk(
@@ -330,15 +330,6 @@ def load_deployed(
     return Predictor(model, tok, labels, run['preprocessing'], device)
 
 # %% ../nbs/10_deploy.ipynb #6dcff1b5
-def check_run_dir(run_dir:str|Path)->Path:
-    "`run_dir` as a Path, if it is a finished run folder (run.json, config.json, labels.json), else an error"
-    d = Path(run_dir)
-    missing = [f for f in ('run.json', 'config.json', 'labels.json') if not (d/f).is_file()]
-    if not d.is_dir() or missing:
-        raise SpecftConfigError(f"{d} is not a finished specft run folder (missing: {', '.join(missing) or 'the folder'}); "
-                                "give the folder that `specft train` printed.")
-    return d
-
 def length_bins(lengths, n_bins:int=10)->list[float]:
     "Inner edges of `n_bins` equal-count bins of `lengths` (deciles by default)"
     return np.unique(np.quantile(np.asarray(lengths, float), np.linspace(0, 1, n_bins + 1)[1:-1])).tolist()

@@ -26,7 +26,7 @@ from .core import md_table
 __all__ = ['METHODS', 'DEFAULT_LR', 'RunConfig', 'learning_rate', 'peft_settings', 'check_config', 'default_run_dir',
            'saved_config', 'resume_settings', 'prepare_run_dir', 'data_sha256', 'versions', 'git_commit',
            'preprocessing_of', 'PreparedData', 'prepare_data', 'build_model', 'RunResult', 'run', 'kept_by',
-           'model_card', 'Predictor', 'evaluate_run']
+           'model_card', 'check_run_dir', 'Predictor', 'evaluate_run']
 
 # %% ../nbs/09_pipeline.ipynb #0d3f609d
 from .peft import (PEFT_METHODS, PeftSettings, build_peft_classifier, save_peft, load_peft, peft_record,
@@ -383,6 +383,15 @@ same {s['train']} rows in the same run.
 """
 
 # %% ../nbs/09_pipeline.ipynb #e95d0b2e
+def check_run_dir(run_dir:str|Path)->Path:
+    "`run_dir` as a Path, if it is a finished run folder (run.json, config.json, labels.json), else an error"
+    d = Path(run_dir)
+    missing = [f for f in ('run.json', 'config.json', 'labels.json') if not (d/f).is_file()]
+    if not d.is_dir() or missing:
+        raise SpecftConfigError(f"{d} is not a finished specft run folder (missing: {', '.join(missing) or 'the folder'}); "
+                                "give the folder that `specft train` printed.")
+    return d
+
 class Predictor:
     "Predict with a trained run folder, applying the run's own preprocessing"
     def __init__(self, model, tokenizer, labels:list[str], prep:dict, device='auto', batch_size:int=32):
@@ -397,9 +406,7 @@ class Predictor:
         if (run_dir/'deploy.json').is_file():   # a folder written by `specft export` (specft.deploy)
             from specft.deploy import load_deployed
             return load_deployed(run_dir, device)
-        if not (run_dir/'run.json').exists() or not (run_dir/'config.json').exists():
-            raise SpecftConfigError(f"{run_dir} is not a finished specft run folder (it needs run.json and config.json); "
-                                    "give the folder that `specft train` printed.")
+        run_dir = check_run_dir(run_dir)
         info = json.loads((run_dir/'run.json').read_text())
         model, tok = load_peft(run_dir) if peft_record(run_dir) else load_classifier(run_dir)
         return cls(model, tok, LabelMap.load(run_dir/'labels.json').names, info['preprocessing'], device)

@@ -15,7 +15,8 @@ import numpy as np
 from .core import SpecftConfigError
 from .privacy import mask_pii
 from .pipeline import Predictor
-from .deploy import check_run_dir, reference_of
+from .pipeline import check_run_dir
+from .deploy import reference_of
 
 # %% ../nbs/10a_serve.ipynb #6172fed9
 TOKEN_ENV = 'SPECFT_TOKEN'

@@ -5,6 +5,7 @@ Runs with `SPECFT_SLOW=1 pytest -q tests/test_browser.py` (part of `make test-sl
 `chromium-driver` packages (`apt-get install chromium chromium-driver`); without them it skips and says so. Nothing is
 downloaded: selenium is given the driver's path, so Selenium Manager never runs. JupyterLab listens on a free port of
 127.0.0.1 only, behind a random token; every process the test starts (the server, its kernel, the browser) is ended."""
+from specft.serve import free_port
 import json, os, re, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
@@ -26,12 +27,6 @@ def browser_paths()->tuple[str, str]:
     if chromium is None or driver is None:
         pytest.skip(f"no {'chromium' if chromium is None else 'chromedriver'} on PATH; to run this test, {INSTALL}")
     return chromium, driver
-
-def free_port()->int:
-    "A TCP port free on 127.0.0.1 now"
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 def panel_notebook(dest:Path)->Path:
     "A copy of lesson 11 with its set-up cells, its exported definitions and its panel cell, set to a tiny run"
