@@ -12,15 +12,20 @@ On the bundled drug reviews' 378 test texts, with 2 threads, in one process:
 6. `k3-distilled-onnx-int8`: 3 of 6 layers kept, distilled from the full run, then ONNX int8 (tiny: 1 of 2).
 
 Per variant: p50 and p95 latency of one text at a time (batch 1), texts per second at batch 32 (batches of
-length-sorted texts), size of the weights on disk, and macro-F1 on the test split. The last line is
+length-sorted texts), size of the weights on disk, macro-F1 on the test split, and the share of test texts whose
+label agrees with the fp32 model's (the parity bar of lesson 10 is 99 %). The last line is
 `ratio_vs_hf_pipeline=`: the batch-32 throughput of the fastest variant within 0.01 macro-F1 of the fp32 model,
 divided by the pipeline's.
+
+Then where int8's error comes from: the fp32 model with every Linear layer but the head fake-quantised (rounded to
+the int8 grid and back, symmetric), weights per tensor or per output channel, activations per tensor (what dynamic
+quantisation does, one scale per batch), per token, or not at all; label agreement with fp32 and macro-F1 for each.
 
 Usage: python bench/infer_latency.py [--run-dir RUN] [--quick] [--out bench/infer_latency_results.json]
 Without --run-dir it trains a MiniLM run with the default recipe first (--quick: a tiny run, for a smoke test;
 its results are printed, not written).
 """
-import argparse, copy, json, tempfile, time, warnings
+import argparse, copy, json, sys, tempfile, time, warnings
 from pathlib import Path
 import numpy as np, torch
 
@@ -67,7 +72,38 @@ def measure(name, proba, texts, y, labels, size, batch1_n):
     row = {'variant': name, 'p50_ms_b1': round(lat['p50_ms'], 2), 'p95_ms_b1': round(lat['p95_ms'], 2),
            'texts_per_s_b32': round(len(texts) / secs, 1), 'size_mb': round(size / 1e6, 2), 'macro_f1': round(f1, 4)}
     print(' '.join(f'{k}={v}' for k, v in row.items()), flush=True)
-    return row
+    return row, P
+
+def fake_int8(t, dim=None):
+    "`t` rounded to a symmetric int8 grid and back: one scale for the whole tensor (dim None) or per slice along `dim`"
+    a = t.abs().amax() if dim is None else t.abs().amax(dim, keepdim=True)
+    s = a.clamp(min=1e-8) / 127
+    return (t / s).round().clamp(-127, 127) * s
+
+class FakeInt8Linear(torch.nn.Module):
+    "A Linear layer whose weight (per 'tensor' or 'channel') and input (per 'tensor', 'token' or 'none') are fake-quantised"
+    def __init__(self, lin, weights, acts):
+        super().__init__(); self.lin, self.weights, self.acts = lin, weights, acts
+    def forward(self, x):
+        w = fake_int8(self.lin.weight, None if self.weights == 'tensor' else 1)
+        if self.acts != 'none': x = fake_int8(x, None if self.acts == 'tensor' else -1)
+        return torch.nn.functional.linear(x, w, self.lin.bias)
+
+def int8_error_sources(pred, texts, y, ref):
+    "Agreement with fp32 labels `ref` and macro-F1 for each int8 granularity, fake-quantised"
+    from specft.pipeline import Predictor
+    from specft.evaluate import compute_metrics
+    out = []
+    for w, a in (('tensor', 'tensor'), ('channel', 'tensor'), ('channel', 'token'), ('channel', 'none')):
+        m = copy.deepcopy(pred.model); mods = dict(m.named_modules())
+        for n, mod in list(mods.items()):
+            if isinstance(mod, torch.nn.Linear) and n != 'head':
+                parent, _, attr = n.rpartition('.'); setattr(mods[parent], attr, FakeInt8Linear(mod, w, a))
+        lab = Predictor(m, pred.tok, pred.labels, pred.prep, 'cpu').predict_proba(texts).argmax(-1)
+        out.append({'weights_per': w, 'activations_per': a, 'agreement_vs_fp32': round(float((lab == ref).mean()), 4),
+                    'macro_f1': round(compute_metrics(list(y), lab.tolist(), pred.labels)['macro_f1'], 4)})
+        print(' '.join(f'{k}={v}' for k, v in out[-1].items()), flush=True)
+    return out
 
 def main():
     a = parse()
@@ -93,11 +129,14 @@ def main():
         out = pipe([clean.get(t) or preprocess_texts([t], pred.prep)[0] for t in ts], batch_size=32, truncation=True,
                    max_length=pred.prep['max_len'])
         return np.array([[{d['label']: d['score'] for d in o}[l] for l in labels] for o in out])
-    rows.append(measure('hf_pipeline', pipe_proba, texts, y, labels, src_bytes, n1))
-    rows.append(measure('fp32', pred.predict_proba, texts, y, labels, src_bytes, n1))
+    probs = {}
+    def add(name, *args):
+        row, probs[name] = measure(name, *args); rows.append(row)
+    add('hf_pipeline', pipe_proba, texts, y, labels, src_bytes, n1)
+    add('fp32', pred.predict_proba, texts, y, labels, src_bytes, n1)
     if cpu_has_bf16():
         bf = Predictor(copy.deepcopy(pred.model).to(torch.bfloat16), pred.tok, labels, pred.prep, 'cpu')
-        rows.append(measure('bf16', bf.predict_proba, texts, y, labels, src_bytes // 2, n1))
+        add('bf16', bf.predict_proba, texts, y, labels, src_bytes // 2, n1)
     k = 1 if a.quick else 3
     for name, fmt, kw in [('int8', 'int8', {}), ('onnx', 'onnx', {}), ('onnx-int8', 'onnx-int8', {}),
                           (f'k{k}-distilled-onnx-int8', 'onnx-int8', dict(keep_layers_k=k, distill_epochs=3))]:
@@ -105,14 +144,20 @@ def main():
         dp = load_deployed(tmp/name, 'cpu', threads=a.threads)
         # torch int8: the packed int8 weights as torch holds them (the folder stores fp32 safetensors, see 10_deploy)
         size = spec['size_bytes'] if spec['runtime'] == 'onnxruntime' else state_bytes(dp.model)
-        rows.append(measure(name, dp.predict_proba, texts, y, labels, size, n1))
+        add(name, dp.predict_proba, texts, y, labels, size, n1)
+    ref = probs['fp32'].argmax(-1)
+    for r in rows: r['agreement_vs_fp32'] = round(float((probs[r['variant']].argmax(-1) == ref).mean()), 4)
+    print('label agreement with fp32:', {r['variant']: r['agreement_vs_fp32'] for r in rows})
+    print('int8 error by granularity (fake-quantised):')
+    sources = int8_error_sources(pred, texts, y, ref)
     base = next(r for r in rows if r['variant'] == 'fp32')
     ok = [r for r in rows if r['variant'] != 'hf_pipeline' and r['macro_f1'] >= base['macro_f1'] - 0.01]
     best = max(ok, key=lambda r: r['texts_per_s_b32'])
     ratio = best['texts_per_s_b32'] / rows[0]['texts_per_s_b32']
-    result = {'command': 'python bench/infer_latency.py' + (' --quick' if a.quick else ''), 'threads': a.threads,
+    result = {'command': ' '.join(['python bench/infer_latency.py', *sys.argv[1:]]), 'threads': a.threads,
+              'run_config': json.loads((run_dir/'run.json').read_text())['config'],
               'model': json.loads((run_dir/'run.json').read_text())['config']['model'], 'n_test': len(texts),
-              'rows': rows, 'fastest_within_0.01_f1': best['variant'], 'ratio_vs_hf_pipeline': round(ratio, 2)}
+              'rows': rows, 'int8_error_sources': sources, 'fastest_within_0.01_f1': best['variant'], 'ratio_vs_hf_pipeline': round(ratio, 2)}
     out = a.out or (None if a.quick else str(Path(__file__).parent/'infer_latency_results.json'))
     if out: Path(out).write_text(json.dumps(result, indent=2) + '\n')
     print(f"fastest within 0.01 macro-F1 of fp32: {best['variant']}")

@@ -10,6 +10,13 @@ split (macro-F1 of the kept epoch, mean over the seeds given), never on the test
     python bench/peft_methods.py                      # MiniLM, all methods, seeds 0 1 2 -> bench/peft_results.json
     python bench/peft_methods.py --quick              # the tiny random model, 1 epoch, few rows: a smoke test of the script
     python bench/peft_methods.py --lr-sweep --methods lora --seeds 0 --out bench/peft_lr_sweep.json
+    python bench/peft_methods.py --reuse bench/peft_results_lr_sweep.json   # runs the sweep already made are not rerun
+
+`--reuse FILE` takes each run of FILE whose settings (method, seed, lr, and the --quick settings) equal a job's
+instead of training it again: the sweep's runs at the chosen learning rates are the benchmark's runs for those seeds.
+`--fresh METHOD ...` reruns those methods' runs anyway (their timing in FILE was taken on a loaded machine).
+Reused rows keep the timing conditions they were measured under (`workers` in each row); compare seconds per epoch
+only between rows measured with the same number of workers.
 """
 from __future__ import annotations
 import argparse, json, multiprocessing as mp, os, platform, resource, statistics, sys, tempfile, time
@@ -72,6 +79,8 @@ def main(argv=None):
     p.add_argument('--quick', action='store_true', help="the tiny model, 1 epoch, 48 training rows: checks the script")
     p.add_argument('--lr-sweep', action='store_true', help='pick each PEFT method\'s lr on the validation split')
     p.add_argument('--workers', type=int, default=1, help='runs at a time (each its own process); timing is clean at 1')
+    p.add_argument('--reuse', nargs='+', default=[], metavar='FILE', help='results files whose runs with the same settings are not rerun')
+    p.add_argument('--fresh', nargs='+', default=[], metavar='METHOD', help='methods whose runs are never reused (e.g. timed on a loaded machine)')
     p.add_argument('--out', default=None, help='results file (default bench/peft_results.json, or _lr_sweep; --quick: a temporary file)')
     a = p.parse_args(argv)
     from specft.pipeline import learning_rate, RunConfig
@@ -87,10 +96,17 @@ def main(argv=None):
     default = (Path(tempfile.mkdtemp(prefix='peft-quick-'))/'peft_results_quick.json' if a.quick   # never over committed results
                else Path(__file__).parent/f"peft_results{'_lr_sweep' if a.lr_sweep else ''}.json")
     out = Path(a.out) if a.out else default
+    done = [dict(r, workers=r.get('workers', json.loads(Path(f).read_text())['workers']), reused_from=str(f))
+            for f in a.reuse for r in json.loads(Path(f).read_text())['runs'] if r['method'] not in a.fresh]
+    def reused(cfg):
+        return next((r for r in done if all(r.get(k) == v for k, v in cfg.items())), None)
+    rows = [r for r in map(reused, (j['config'] for j in jobs)) if r is not None]
+    jobs = [j for j in jobs if reused(j['config']) is None]
+    for r in rows: print(f"{r['method']:8s} lr {r['lr']:.0e} seed {r['seed']}: taken from {r['reused_from']}", flush=True)
     t0 = time.time()
-    with mp.get_context('spawn').Pool(a.workers, maxtasksperchild=1) as pool:
-        rows = []
+    with mp.get_context('spawn').Pool(max(1, min(a.workers, len(jobs))), maxtasksperchild=1) as pool:
         for r in pool.imap(_one, jobs):
+            r['workers'] = a.workers
             rows.append(r)
             print(f"{r['method']:8s} lr {r['lr']:.0e} seed {r['seed']}: test macro-F1 {r['test_macro_f1']:.3f} (baseline "
                   f"{r['baseline_macro_f1']:.3f}), val macro-F1 {r['val_macro_f1']:.3f}, {r['trainable_pct']:.2f}% trainable, "
@@ -106,7 +122,9 @@ def main(argv=None):
         res['val_macro_f1'] = {m: {str(lr): statistics.fmean(v) for lr, v in d.items()} for m, d in val.items()}
         res['chosen_lr'] = {m: max(d, key=lambda lr: statistics.fmean(d[lr])) for m, d in val.items()}
         print('chosen on validation macro-F1:', res['chosen_lr'])
-    else: res['summary'] = _summary(rows, a.methods)
+    else:
+        rows.sort(key=lambda r: (a.methods.index(r['method']), r['seed']))
+        res.update(runs=rows, summary=_summary(rows, a.methods))
     out.write_text(json.dumps(res, indent=1))
     print(f'wrote {out}')
 
