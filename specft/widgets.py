@@ -198,7 +198,7 @@ class _PanelWidgets(W.VBox):
         # Training
         lr = d['lr'] if d['lr'] is not None else pipeline.DEFAULT_LR[d['method']]   # None: the method's default
         e = math.log10(lr)
-        self.lr = W.FloatLogSlider(value=lr, base=10, min=min(-6, math.floor(e)), max=max(-2, math.ceil(e)),
+        self.lr = W.FloatLogSlider(value=lr, base=10, min=min(-6, math.floor(e)), max=max(-1, math.ceil(e)),
                                    step=0.01, readout_format='.2g', description='learning rate', style=st)
         self.epochs = W.IntSlider(value=d['epochs'], min=1, max=max(20, d['epochs']), description='epochs', style=st)
         self.batch_size = W.Dropdown(options=sorted({4, 8, 16, 32, 64, d['batch_size']}), value=d['batch_size'],
