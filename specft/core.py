@@ -8,26 +8,10 @@ import random
 from pathlib import Path
 import numpy as np
 import torch
+from .errors import SpecftError, SpecftDataError, SpecftConfigError, SpecftModelError, SpecftTrainingError
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'SpecftError', 'SpecftDataError', 'SpecftConfigError', 'SpecftModelError', 'SpecftTrainingError',
-           'get_device', 'cpu_has_bf16', 'choose_precision', 'autocast_dtype', 'set_seed', 'repo_root', 'md_table']
-
-# %% ../nbs/00_core.ipynb #0e2ab26a
-class SpecftError(Exception):
-    "An error the user can fix; its message says what is wrong, where, and how to fix it"
-
-class SpecftDataError(SpecftError, ValueError):
-    "Bad input data: a missing file or column, an unknown label, too few rows"
-
-class SpecftConfigError(SpecftError, ValueError):
-    "Bad settings: an unknown flag value, an existing run folder, a conflicting resume"
-
-class SpecftModelError(SpecftError):
-    "A model that cannot be loaded: a missing package, an unknown name, a broken folder"
-
-class SpecftTrainingError(SpecftError):
-    "Training that cannot go on, such as a loss that became NaN"
+__all__ = ['PRECISIONS', 'get_device', 'cpu_has_bf16', 'choose_precision', 'autocast_dtype', 'set_seed', 'repo_root', 'md_table']
 
 # %% ../nbs/00_core.ipynb #23265b62
 def get_device(
