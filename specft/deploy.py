@@ -10,13 +10,12 @@ from typing import Callable
 import numpy as np, torch
 from torch import nn
 import torch.nn.functional as F
-from safetensors.torch import load_model
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.pytorch_utils import prune_linear_layer
 from .core import SpecftConfigError, SpecftModelError
 from .split import LabelMap
 from .core import md_table
-from .model import Classifier, encoder_layers, save_classifier
+from .model import Classifier, encoder_layers, save_classifier, load_classifier_state
 from .train import TrainConfig, fit, predict_logits
 from .evaluate import compute_metrics
 from .pipeline import Predictor, prepare_data, saved_config, _encode, check_run_dir
@@ -231,7 +230,7 @@ def build_pruned(folder:str|Path)->tuple[Classifier, object]:
                      spec.get('dropout', 0.1))
     for i, rounds in pruned.items():
         for hs in rounds: prune_heads(clf, {int(i): hs})
-    load_model(clf, str(folder/'model.safetensors'), strict=True)
+    load_classifier_state(clf, folder/'model.safetensors')
     return clf.eval(), AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
 
 # %% ../nbs/10_deploy.ipynb #44083785
@@ -254,7 +253,6 @@ class Distiller(nn.Module):
         super().__init__()
         self.student, self.T, self.alpha = student, T, alpha
         self._teacher = [teacher.eval()]   # in a list: not a submodule, so not trained, saved or decayed
-        self.head = student.head            # the engine reads the number of classes from `head`
 
     def forward(self, input_ids:torch.Tensor, attention_mask:torch.Tensor)->torch.Tensor:
         z_s = self.student(input_ids, attention_mask)
@@ -264,7 +262,8 @@ class Distiller(nn.Module):
         return torch.cat([z_s, z_t.float()], -1)
 
     def loss(self, z:torch.Tensor, y:torch.Tensor)->torch.Tensor:
-        "`distill_loss` of the side-by-side logits `z`"
+        "`distill_loss` of the side-by-side logits `z`; the plain cross-entropy of the student's alone (validation)"
+        if z.shape[-1] == self.student.head.out_features: return F.cross_entropy(z, y)
         k = z.shape[-1] // 2
         return distill_loss(z[:, :k], z[:, k:], y, self.T, self.alpha)
 
@@ -280,7 +279,7 @@ def distill(
     d = Distiller(student, teacher, T, alpha)
     cfg = copy.copy(cfg or TrainConfig())
     cfg.loss_fn, cfg.class_weights, cfg.logit_adjust = d.loss, 'none', 0.0
-    state = fit(d, train_loader, val_loader, cfg, labels=labels)
+    state = fit(d, train_loader, val_loader, cfg, labels=labels, head='student.head')
     student.eval()
     return state
 

@@ -5,61 +5,85 @@
 # %% ../nbs/08_evaluate.ipynb #6268c8ee
 from __future__ import annotations
 import numpy as np
-import pandas as pd
-import matplotlib.pyplot as plt
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, confusion_matrix
-from sklearn.pipeline import Pipeline
-from .core import SpecftDataError
+from .errors import SpecftDataError
 
 # %% auto #0
 __all__ = ['compute_metrics', 'fit_baseline', 'baseline_metrics', 'paired_bootstrap', 'plot_confusion', 'metrics_table',
            'reliability_bins', 'expected_calibration_error', 'plot_reliability', 'worst_errors']
 
 # %% ../nbs/08_evaluate.ipynb #d9653b73
-def _ids(y, n_labels:int, what:str)->np.ndarray:
-    "`y` as an int array, checked to be ids into a label list of length `n_labels`"
-    y = np.asarray(y.detach().cpu() if hasattr(y, 'detach') else y).astype(int).ravel()
-    bad = (y < 0) | (y >= n_labels)
-    if bad.any(): raise SpecftDataError(f"{what} holds ids outside 0..{n_labels-1} at positions {np.flatnonzero(bad)[:5].tolist()}; "
+def _label_names(labels, where:str)->list[str]:
+    "`labels` as a list of names, or a clear error when it is missing"
+    if labels is None or isinstance(labels, (str, int)):
+        raise SpecftDataError(f"{where} needs labels: the class names in id order, e.g. labels=['negative', 'neutral', "
+                              "'positive'] (for unnamed ids 0..K-1: labels=[str(i) for i in range(K)]).")
+    return [str(l) for l in labels]
+
+def _ids(y, labels:list[str]|int, what:str)->np.ndarray:
+    "`y` as int ids into `labels` (names, or their number K): ids, whole-number floats, or names from `labels`"
+    K = labels if isinstance(labels, int) else len(labels)
+    a = np.asarray(y.detach().cpu() if hasattr(y, 'detach') else y)
+    if a.ndim == 2 and a.shape[1] == 1: a = a.ravel()
+    if a.ndim != 1:
+        raise SpecftDataError(f"{what} has shape {a.shape}; pass one label id per text (for probabilities or logits "
+                              "[n, K], their argmax(-1)).")
+    if a.dtype.kind in 'USO' and any(isinstance(v, str) for v in a.tolist()):
+        pos = {} if isinstance(labels, int) else {l: i for i, l in enumerate(labels)}
+        unknown = sorted({str(v) for v in a.tolist()} - pos.keys())
+        if unknown: raise SpecftDataError(f"{what} holds label names {unknown[:5]} that are not in labels {list(pos)}; "
+                                          "pass names from labels, or ids into it.")
+        return np.array([pos[str(v)] for v in a.tolist()], dtype=int)
+    a = a.astype(float) if a.dtype.kind in 'OU' else a
+    if a.dtype.kind == 'f' and (bad := np.flatnonzero(~np.isfinite(a) | (a != np.round(a)))).size:
+        raise SpecftDataError(f"{what} holds {a[bad[0]]} at position {bad[0]}: not a class id. Pass label ids (whole "
+                              f"numbers 0..{K-1}); for probabilities [n, K] their argmax(-1), for the probability p of "
+                              "class 1 of a binary task (p > 0.5).")
+    a = a.astype(int)
+    bad = (a < 0) | (a >= K)
+    if bad.any(): raise SpecftDataError(f"{what} holds ids outside 0..{K-1} at positions {np.flatnonzero(bad)[:5].tolist()}; "
                                         "pass label ids into the label list.")
-    return y
+    return a
 
 def compute_metrics(
-    y_true,            # gold label ids (list, array or tensor)
-    y_pred,            # predicted label ids, same length
+    y_true,            # gold labels: ids (list, array or tensor) or names from `labels`
+    y_pred,            # predicted labels, same length and kind
     labels:list[str],  # label names; ids index into this list
 )->dict:               # accuracy, macro_f1, per_class {label: {precision, recall, f1, support}}
-    "Accuracy, macro-F1 and per-class precision/recall/F1/support, by scikit-learn"
-    K = len(labels)
-    y_true, y_pred = _ids(y_true, K, 'y_true'), _ids(y_pred, K, 'y_pred')
+    "Accuracy, macro-F1 and per-class precision/recall/F1/support, from the confusion counts"
+    labels = _label_names(labels, 'compute_metrics'); K = len(labels)
+    y_true, y_pred = _ids(y_true, labels, 'y_true'), _ids(y_pred, labels, 'y_pred')
     if len(y_true) != len(y_pred) or not len(y_true):
         raise SpecftDataError(f"y_true has {len(y_true)} and y_pred {len(y_pred)} entries; both need the same, non-zero length.")
-    ids = list(range(K))
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
-    return dict(accuracy=float(accuracy_score(y_true, y_pred)),
-                macro_f1=float(f1_score(y_true, y_pred, labels=ids, average='macro', zero_division=0)),
-                per_class={l: dict(precision=float(p[i]), recall=float(r[i]), f1=float(f[i]), support=int(s[i]))
+    cm = np.bincount(K * y_true + y_pred, minlength=K * K).reshape(K, K)   # rows: true, columns: predicted
+    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    p = np.divide(tp, predicted, out=np.zeros(K), where=predicted > 0)   # 0 where a denominator is 0
+    r = np.divide(tp, support, out=np.zeros(K), where=support > 0)
+    f = np.divide(2 * p * r, p + r, out=np.zeros(K), where=p + r > 0)
+    return dict(accuracy=float(tp.sum() / len(y_true)), macro_f1=float(f.mean()),
+                per_class={l: dict(precision=float(p[i]), recall=float(r[i]), f1=float(f[i]), support=int(support[i]))
                            for i, l in enumerate(labels)})
 
 # %% ../nbs/08_evaluate.ipynb #8798b9ff
 def fit_baseline(
     train_texts,  # the training texts
     train_labels, # their label ids (or names)
-)->Pipeline:      # fitted TF-IDF + logistic regression
+):                # a fitted scikit-learn Pipeline: TF-IDF + logistic regression
     "Fit the TF-IDF (word 1-2-grams, sublinear tf) + balanced logistic regression baseline"
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
     pipe = Pipeline([('tfidf', TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
                      ('clf', LogisticRegression(C=1.0, class_weight='balanced', max_iter=2000))])
     return pipe.fit(list(train_texts), np.asarray(train_labels))
 
 def baseline_metrics(
-    train_texts, train_labels, # what the model trains on (label ids into `labels`)
+    train_texts, train_labels, # what the model trains on (label ids into `labels`, or names from it)
     test_texts, test_labels,   # what it is tested on
     labels:list[str],          # label names
 )->dict:                       # `compute_metrics` of the baseline, plus n_train and n_test
     "Fit the baseline on the training rows and score it on the test rows"
-    pipe = fit_baseline(train_texts, _ids(train_labels, len(labels), 'train_labels'))
+    labels = _label_names(labels, 'baseline_metrics')
+    pipe = fit_baseline(train_texts, _ids(train_labels, labels, 'train_labels'))
     return dict(compute_metrics(test_labels, pipe.predict(list(test_texts)), labels),
                 n_train=len(train_labels), n_test=len(test_labels))
 
@@ -99,10 +123,13 @@ def plot_confusion(
     ax=None,           # matplotlib axes to draw on; a new figure when None
 ):                     # the axes
     "Confusion matrix coloured by row share, each cell showing the count and the row percentage"
-    K = len(labels)
-    cm = confusion_matrix(_ids(y_true, K, 'y_true'), _ids(y_pred, K, 'y_pred'), labels=list(range(K)))
+    labels = _label_names(labels, 'plot_confusion'); K = len(labels)
+    y_true, y_pred = _ids(y_true, labels, 'y_true'), _ids(y_pred, labels, 'y_pred')
+    cm = np.bincount(K * y_true + y_pred, minlength=K * K).reshape(K, K)
     share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    if ax is None: _, ax = plt.subplots(figsize=(1.2*K + 1.5, 1.1*K + 1))
+    if ax is None:
+        import matplotlib.pyplot as plt
+        _, ax = plt.subplots(figsize=(1.2*K + 1.5, 1.1*K + 1))
     ax.imshow(share, cmap='Blues', vmin=0, vmax=1)
     for i in range(K):
         for j in range(K):
@@ -116,6 +143,7 @@ def metrics_table(
     baseline:dict, # `compute_metrics` of the baseline, same labels
 )->pd.DataFrame:   # rows accuracy, macro_f1, f1[label]...; columns model, baseline, difference
     "Model and baseline metrics side by side, with the difference"
+    import pandas as pd
     def flat(m): return {'accuracy': m['accuracy'], 'macro_f1': m['macro_f1'],
                          **{f'f1[{l}]': v['f1'] for l, v in m['per_class'].items()}}
     df = pd.DataFrame({'model': flat(metrics), 'baseline': flat(baseline)})
@@ -123,13 +151,23 @@ def metrics_table(
     return df
 
 # %% ../nbs/08_evaluate.ipynb #18360763
+def _probs(probs, y_true)->np.ndarray:
+    "`probs` as floats [n, K]; a 1-D array is P(class 1) of a binary task, [n] -> [n, 2]"
+    p = np.asarray(probs.detach().cpu() if hasattr(probs, 'detach') else probs, dtype=float)
+    if p.ndim == 1: p = np.stack([1 - p, p], 1)
+    if p.ndim != 2 or len(p) != len(y_true) or not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+        raise SpecftDataError(f"probs has shape {p.shape} for {len(y_true)} labels; pass probabilities in [0, 1], one row "
+                              "[n, K] per text (or, for a binary task, P(class 1) [n]); for logits pass their softmax.")
+    return p
+
 def reliability_bins(
     probs,          # predicted probabilities [n, K]
     y_true,         # gold label ids [n]
     n_bins:int=15,  # equal-width confidence bins over (0, 1]
 )->pd.DataFrame:    # one row per non-empty bin: lo, hi, count, confidence, accuracy
     "Per confidence bin: how many texts, their mean confidence and their accuracy"
-    probs = np.asarray(probs, dtype=float)
+    import pandas as pd
+    probs = _probs(probs, y_true)
     y_true = _ids(y_true, probs.shape[1], 'y_true')
     conf, correct = probs.max(1), (probs.argmax(1) == y_true)
     b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)  # bin m holds ((m)/M, (m+1)/M]
@@ -156,7 +194,9 @@ def plot_reliability(
 ):                  # the axes
     "Reliability diagram: accuracy against confidence per bin, with the diagonal of perfect calibration"
     bins = reliability_bins(probs, y_true, n_bins)
-    if ax is None: _, ax = plt.subplots(figsize=(3.5, 3.5))
+    if ax is None:
+        import matplotlib.pyplot as plt
+        _, ax = plt.subplots(figsize=(3.5, 3.5))
     ax.bar((bins.lo + bins.hi) / 2, bins.accuracy, width=1 / n_bins, edgecolor='k', alpha=0.7, label='accuracy')
     ax.plot([0, 1], [0, 1], 'k--', lw=1, label='perfect')
     ax.plot(bins.confidence, bins.accuracy, 'o', color='C1', label='(confidence, accuracy)')
@@ -174,8 +214,10 @@ def worst_errors(
     k:int=10,          # how many to list
 )->pd.DataFrame:       # text, true, predicted, confidence, p_true; most confident mistakes first
     "The `k` most confident mistakes"
-    probs = np.asarray(probs, dtype=float)
-    y_true = _ids(y_true, len(labels), 'y_true')
+    import pandas as pd
+    labels = _label_names(labels, 'worst_errors')
+    probs = _probs(probs, y_true)
+    y_true = _ids(y_true, labels, 'y_true')
     pred = probs.argmax(1)
     df = pd.DataFrame({'text': list(texts), 'true': [labels[i] for i in y_true], 'predicted': [labels[i] for i in pred],
                        'confidence': probs.max(1), 'p_true': probs[np.arange(len(y_true)), y_true]})

@@ -58,9 +58,11 @@ def cross_entropy(
     target:torch.Tensor, # y: [N] integer labels in 0..C-1
     weight:torch.Tensor|None=None, # w: [C] class weights; None weighs all classes 1
     label_smoothing:float=0.0, # epsilon in [0, 1]: mass spread evenly over all C classes
+    ignore_index:int=-100, # rows whose target is this (padding) count for nothing, as in torch
 )->torch.Tensor:         # scalar mean loss, as `torch.nn.functional.cross_entropy`
     r"Mean cross-entropy $-\sum_i\sum_c w_c q_{ic}\log p_{ic} / \sum_i w_{y_i}$ with smoothed targets $q$"
-    z, y, C = logits, target, logits.shape[-1]
+    keep = target != ignore_index
+    z, y, C = logits[keep], target[keep], logits.shape[-1]
     _check_ce_args(y, C, weight, label_smoothing)
     w = torch.ones(C, dtype=z.dtype, device=z.device) if weight is None else weight.to(z.dtype)
     q = (1 - label_smoothing) * nn.functional.one_hot(y, C).to(z.dtype) + label_smoothing / C

@@ -9,8 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 import torch
 from torch import nn
-import pandas as pd
-from safetensors.torch import save_model, load_model
+from safetensors.torch import load_file, save_file
 import torch.nn.functional as F
 from transformers import (AttentionInterface, AttentionMaskInterface, AutoConfig, AutoModel, AutoTokenizer,
                           BertConfig, BertModel, PreTrainedModel)
@@ -24,8 +23,8 @@ from .core import SpecftConfigError, SpecftModelError
 __all__ = ['MINILM', 'TINY', 'POOLINGS', 'METHODS', 'MINILM_INSTALL', 'minilm_path', 'model_source', 'quiet_progress',
            'load_tokenizer', 'mean_pool', 'cls_pool', 'pool', 'drop_pooler', 'Classifier', 'dropout_mask',
            'fast_dropout', 'FastDropout', 'specft_attention', 'use_fast_dropout', 'tiny_config', 'load_backbone',
-           'build_classifier', 'count_params', 'param_table', 'freeze', 'encoder_layers', 'save_classifier',
-           'read_labels', 'load_classifier']
+           'build_classifier', 'count_params', 'param_table', 'freeze', 'encoder_layers', 'classifier_state',
+           'load_classifier_state', 'save_classifier', 'read_labels', 'load_classifier']
 
 # %% ../nbs/05_model.ipynb #93496824
 MINILM = 'minilm'  # the bundled all-MiniLM-L6-v2
@@ -178,13 +177,16 @@ def specft_attention(module, query, key, value, attention_mask, scaling=None, dr
     w = fast_dropout(w.softmax(-1), dropout)
     return torch.matmul(w, value).transpose(1, 2).contiguous(), None
 
-AttentionInterface.register('specft', specft_attention)
-AttentionMaskInterface.register('specft', sdpa_mask)
+def _register_attention():
+    "Make 'specft' a transformers attention implementation (its mask: sdpa's); done by `use_fast_dropout`, not on import"
+    AttentionInterface.register('specft', specft_attention)
+    AttentionMaskInterface.register('specft', sdpa_mask)
 
 def use_fast_dropout(
     model:nn.Module, # any model; transformers backbones inside it also get the 'specft' attention
 )->nn.Module:        # the same model, changed in place
     "Swap each `nn.Dropout` in `model` for `FastDropout`, and its `sdpa` attention for 'specft'"
+    _register_attention()
     for mod in model.modules():
         for name, child in mod.named_children():
             if type(child) is nn.Dropout: setattr(mod, name, FastDropout(child.p).train(child.training))
@@ -235,6 +237,7 @@ def param_table(
     clf:Classifier, # the classifier to break down
 )->pd.DataFrame:    # rows embeddings / encoder / head / other; columns total, trainable
     "Parameter counts of `clf` by part"
+    import pandas as pd
     part = lambda n: ('head' if n.startswith('head.') else 'embeddings' if '.embeddings.' in f'.{n}'
                       else 'encoder' if any(isinstance(m, nn.ModuleList) for m in _owners(clf, n)) else 'other')
     rows = {}
@@ -276,6 +279,20 @@ def encoder_layers(
     return list(max(lists, key=lambda l: sum(p.numel() for p in l.parameters())))
 
 # %% ../nbs/05_model.ipynb #7f5b06d0
+def classifier_state(clf:Classifier)->dict[str, torch.Tensor]:
+    "The tensors of `clf` as its folder stores them: the backbone's under transformers' own names, the head's as `head.*`"
+    return {k.removeprefix('backbone.'): v.detach().contiguous() for k, v in clf.state_dict().items()}
+
+def load_classifier_state(
+    clf:Classifier, # the classifier to fill, built from the folder's config
+    path:str|Path,  # its model.safetensors (either layout: `classifier_state`'s, or the older one with `backbone.` names)
+)->Classifier:      # `clf`, loaded strictly: a missing or unexpected tensor is an error
+    "Load the weights `save_classifier` wrote into `clf`"
+    sd = load_file(str(path))
+    if not any(k.startswith('backbone.') for k in sd): sd = {k if k.startswith('head.') else f'backbone.{k}': v for k, v in sd.items()}
+    clf.load_state_dict(sd, strict=True)
+    return clf
+
 def save_classifier(
     clf:Classifier,   # the classifier to save
     tokenizer,        # its tokenizer
@@ -291,7 +308,7 @@ def save_classifier(
     config.label2id = {str(l): i for i, l in enumerate(labels)}
     config.specft = dict(pooling=clf.pooling, num_labels=clf.num_labels, dropout=clf.dropout.p)
     config.save_pretrained(out)
-    save_model(clf, str(out/'model.safetensors'))
+    save_file(classifier_state(clf), str(out/'model.safetensors'), metadata={'format': 'pt'})
     tokenizer.save_pretrained(out)
     return out
 
@@ -314,5 +331,5 @@ def load_classifier(
         raise SpecftModelError(f"{run_dir/'config.json'} has no 'specft' entry: it was not written by save_classifier.")
     clf = Classifier(AutoModel.from_config(config, trust_remote_code=False), spec['num_labels'],
                      spec['pooling'], spec.get('dropout', 0.1))
-    load_model(clf, str(run_dir/'model.safetensors'), strict=True)
+    load_classifier_state(clf, run_dir/'model.safetensors')
     return clf.eval(), AutoTokenizer.from_pretrained(run_dir, trust_remote_code=False)

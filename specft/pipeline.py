@@ -393,38 +393,55 @@ def check_run_dir(run_dir:str|Path)->Path:
                                 "give the folder that `specft train` printed.")
     return d
 
+def _texts(texts)->list[str]:
+    "`texts` as a list of strings: a single string is one text; anything else that is not a string is an error"
+    if isinstance(texts, str): return [texts]
+    if texts is None or not hasattr(texts, '__iter__'):
+        raise SpecftDataError(f"predict takes a text or a list of texts, got {type(texts).__name__}.")
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad: raise SpecftDataError(f"texts {bad[:5]} are not strings (the first is a {type(texts[bad[0]]).__name__}); "
+                                  "pass strings, e.g. '' for a missing text.")
+    return texts
+
 class Predictor:
     "Predict with a trained run folder, applying the run's own preprocessing"
     def __init__(self, model, tokenizer, labels:list[str], prep:dict, device='auto', batch_size:int=32):
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise SpecftConfigError(f"batch_size must be a whole number >= 1 (32 is fast on a CPU), got {batch_size!r}.")
         self.model, self.tok, self.labels, self.prep = model, tokenizer, labels, prep
         self.device, self.batch_size = get_device(device), batch_size
         self.model.to(self.device).eval()
 
     @classmethod
-    def load(cls, run_dir, device='auto'):
-        "Read the run folder `run_dir`"
+    def load(cls, run_dir, device='auto', batch_size:int=32):
+        "Read the run folder `run_dir`; predict `batch_size` texts per forward pass"
         run_dir = Path(run_dir)
         if (run_dir/'deploy.json').is_file():   # a folder written by `specft export` (specft.deploy)
             from specft.deploy import load_deployed
-            return load_deployed(run_dir, device)
+            pred = load_deployed(run_dir, device); pred.batch_size = batch_size
+            return pred
         run_dir = check_run_dir(run_dir)
         info = json.loads((run_dir/'run.json').read_text())
         model, tok = load_peft(run_dir) if peft_record(run_dir) else load_classifier(run_dir)
-        return cls(model, tok, LabelMap.load(run_dir/'labels.json').names, info['preprocessing'], device)
+        return cls(model, tok, LabelMap.load(run_dir/'labels.json').names, info['preprocessing'], device, batch_size)
 
     def predict_proba(self, texts)->np.ndarray:
-        "Class probabilities, one row per text"
+        "Class probabilities, one row per text (a single string is one text)"
+        texts = _texts(texts)
+        if not texts: return np.zeros((0, len(self.labels)), dtype=np.float32)
         texts = preprocess_texts(texts, self.prep)
         ids = encode_texts(self.tok, texts, self.prep['max_len'], self.prep.get('truncation', 'head'))
         dl = make_loader(ids, None, self.batch_size, self.tok.pad_token_id, shuffle=False)
         return predict_logits(self.model, dl, device=self.device).softmax(-1).numpy()
 
     def predict(self, texts)->list[dict]:
-        "For each text: the text, the predicted label and every label's probability"
-        texts = list(texts)
+        "For each text: the text, the predicted label and every label's probability; `empty: True` flags a blank text"
+        texts = _texts(texts)
         P = self.predict_proba(texts)
         return [{'text': t, 'label': self.labels[int(p.argmax())],
-                 'probabilities': {l: round(float(q), 6) for l, q in zip(self.labels, p)}} for t, p in zip(texts, P)]
+                 'probabilities': {l: round(float(q), 6) for l, q in zip(self.labels, p)}, **({} if t.strip() else {'empty': True})}
+                for t, p in zip(texts, P)]
 
 # %% ../nbs/09_pipeline.ipynb #95f44eb9
 def evaluate_run(

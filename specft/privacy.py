@@ -8,7 +8,7 @@ import ipaddress, json, re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 import pandas as pd
-from .core import SpecftConfigError
+from .errors import SpecftConfigError, SpecftDataError
 
 # %% auto #0
 __all__ = ['EMAIL', 'URL', 'IP_CANDIDATE', 'CARD', 'SSN', 'IBAN', 'ID_LABEL', 'LONG_NUMBER', 'PHONE', 'MONTH', 'DATE_WORDS',
@@ -79,10 +79,11 @@ PHONE = re.compile(r'''(?<![\w+/.-])(?:
     \+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{1,4}(?:[\s.-]?\d{2,8}){1,4}   # international: +44 20 7946 0958
   | (?:1[\s.-])?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}                # North American: (555) 123-4567
   | 0\d{1,4}[\s/-]?\d{3,4}[\s-]?\d{3,5}                                    # national, trunk 0: 020 7946 0958
+  | [2-9]\d{2}[.-]\d{4}(?!\s?(?i:mg|mcg|ml|iu|units?)\b)                     # local, 7 digits: 555-1234 (not a dose range)
 )(?![\w/.-]?\d)(?!\w)''', re.X)
 
 def find_phones(text:str)->list[tuple[int, int]]:
-    "Spans of phone numbers (international, North American and national shapes, 7-15 digits)"
+    "Spans of phone numbers (international, North American, national and 7-digit local shapes, 7-15 digits)"
     out = []
     for m in PHONE.finditer(text):
         n = sum(c.isdigit() for c in m.group())
@@ -171,6 +172,9 @@ def mask_pii(
     names=(),          # person names to mask, from the user
 )->tuple[str, dict]:   # masked text, and how many of each kind were masked
     "Replace personal data in `text` with `[KIND]` placeholders, until none is left (so masking is idempotent)"
+    if not isinstance(text, str):
+        raise SpecftDataError(f"mask_pii masks one text (a str), got {type(text).__name__} {text!r:.60}. Pass '' for a "
+                              "missing text, or mask a whole column with mask_frame, which reports missing values.")
     counts = Counter()
     for _ in range(len(text) + 1):  # each pass masks at least one character outside the placeholders, or stops
         spans, out, last = find_pii(text, kinds, names), [], 0

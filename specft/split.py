@@ -135,8 +135,17 @@ def find_leaks(
     return other.iloc[idx].assign(train_row=[hits[i][0] for i in idx], similarity=[hits[i][1] for i in idx]).reset_index(drop=True)
 
 # %% ../nbs/03c_split.ipynb #badeef8d
+def _split_frame(df, name:str)->pd.DataFrame|None:
+    "`df` with the columns a split needs: text and label, and row (1-based positions when it has none)"
+    if df is None: return None
+    if not isinstance(df, pd.DataFrame): raise SpecftDataError(f"the {name} rows must be a pandas DataFrame, got {type(df).__name__}.")
+    missing = [c for c in ('text', 'label') if c not in df.columns]
+    if missing: raise SpecftDataError(f"the {name} frame has no column {' or '.join(map(repr, missing))} (its columns: "
+                                      f"{', '.join(map(str, df.columns))}); rename the text and label columns to 'text' and 'label'.")
+    return df if 'row' in df.columns else df.assign(row=range(1, len(df) + 1))
+
 def split_corpus(
-    corpus:Corpus,          # the corpus to split (cleaned or not)
+    corpus:Corpus|pd.DataFrame, # the corpus to split (cleaned or not), or a frame with text and label (and row) columns
     val_frac:float=0.1,     # share of the non-test rows for validation
     test_frac:float=0.2,    # share for test, when the corpus has no test split
     seed:int=0,             # seed for the stratified splits
@@ -144,7 +153,8 @@ def split_corpus(
     remove_leaks:bool=True, # remove leaked rows (else they are only reported)
 )->Splits:
     "Stratified train/validation(/test) splits, deterministic for `seed`, with leaked test/validation rows removed"
-    pool, test = corpus.train, corpus.test
+    if isinstance(corpus, pd.DataFrame): corpus = Corpus('frame', corpus, None, 'a DataFrame')
+    pool, test = _split_frame(corpus.train, 'training'), _split_frame(corpus.test, 'test')
     if test is None: pool, test = _stratified(pool, test_frac, seed, 'test', '--test-frac')
     _check_counts({'train': pool, 'test': test})
     leaked = [find_leaks(pool, test, leak_threshold).assign(split='test')]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #035d6bb5
 from __future__ import annotations
-import csv, functools, json, math, os, random, shutil, warnings
+import csv, functools, importlib, inspect, json, math, os, random, shutil, warnings
 from dataclasses import dataclass, field, asdict
 from itertools import islice
 from pathlib import Path
@@ -13,9 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_model, load_model, save_file, load_file
-from transformers import get_scheduler
 from fastcore.basics import patch
-from .core import (SpecftConfigError, SpecftDataError, SpecftTrainingError,
+from .core import (SpecftConfigError, SpecftDataError, SpecftModelError, SpecftTrainingError,
                          get_device, choose_precision, autocast_dtype, set_seed)
 from .optim import param_groups
 from .losses import class_weights
@@ -23,9 +22,10 @@ from .evaluate import compute_metrics
 
 # %% auto #0
 __all__ = ['METRICS', 'CLASS_WEIGHT_POWERS', 'HISTORY_COLUMNS', 'TrainConfig', 'check_train_config', 'TrainState', 'Callback',
-           'HistoryLogger', 'EarlyStopping', 'ProgressBar', 'TensorBoardLogger', 'predict_with_labels',
-           'predict_logits', 'class_weights_from', 'train_labels', 'class_prior', 'layer_lr_scale', 'optimizer_step',
-           'Trainer', 'complete_checkpoints', 'latest_checkpoint', 'Checkpointer', 'remove_checkpoints', 'fit']
+           'HistoryLogger', 'EarlyStopping', 'ProgressBar', 'TensorBoardLogger', 'split_batch', 'forward', 'logits_of',
+           'predict_with_labels', 'predict_logits', 'class_weights_from', 'train_labels', 'class_prior', 'head_prefix',
+           'layer_lr_scale', 'optimizer_step', 'Trainer', 'complete_checkpoints', 'latest_checkpoint', 'Checkpointer',
+           'remove_checkpoints', 'fit']
 
 # %% ../nbs/06_train.ipynb #8bcd89d1
 METRICS = ('macro_f1', 'accuracy', 'loss', 'last')
@@ -36,7 +36,7 @@ class TrainConfig:
     "The settings of one `fit`; the defaults are the recipe of `specft train` (chosen in the pipeline lesson)"
     epochs:int=5                # passes over the training data
     lr:float=8e-5               # peak learning rate of the body
-    head_lr_scale:float=10.0    # the head (parameters named 'head.*') learns this many times faster
+    head_lr_scale:float=10.0    # the head (`fit`'s `head`; by default the parameters named 'head.*') learns this many times faster
     weight_decay:float=0.01     # decoupled weight decay; never on biases or norms
     warmup:float=0.1            # fraction of all steps spent warming the learning rate up from 0
     schedule:str='linear'       # decay after warmup: a `transformers.get_scheduler` name ('linear', 'cosine', 'constant_with_warmup')
@@ -45,10 +45,11 @@ class TrainConfig:
     class_weights:str|torch.Tensor='none' # 'none', 'sqrt' (square root of inverse frequency), 'auto' (inverse frequency), or a tensor
     label_smoothing:float=0.0   # cross-entropy label smoothing
     logit_adjust:float=0.5      # tau: the loss scores logits + tau*log(training class prior); 0: plain cross-entropy
-    loss_fn:Callable|None=None  # `loss_fn(logits, labels) -> mean loss`, replaces the cross-entropy
+    loss_fn:Callable|None=None  # `loss_fn(logits, labels) -> mean loss` replaces the cross-entropy (validation too); one with a `batch` parameter also gets the batch
+    eval_fn:Callable|None=None  # `eval_fn(logits, labels) -> dict` of validation metrics (all rows at once, on the CPU); None: accuracy, macro_f1, per_class
     precision:str='auto'        # 'auto', 'fp32', 'bf16' or 'fp16' (see `specft.core.choose_precision`)
     device:str='auto'           # 'auto', 'cpu' or 'cuda'
-    seed:int=0                  # seeds dropout and everything else random in the loop
+    seed:int=0                  # seeds random, numpy and torch for the run; `fit` gives the caller's generator states back at its end
     select_metric:str='last'    # the epoch kept: 'last', or the best by validation 'macro_f1', 'accuracy' or 'loss'
     patience:int|None=None      # stop after this many epochs without a better `select_metric`; None: never
     log_every:int=10            # a train row in history.csv every this many steps
@@ -83,6 +84,9 @@ def check_train_config(cfg:TrainConfig)->TrainConfig:
     if c.select_metric == 'last' and c.patience is not None:
         raise SpecftConfigError("patience stops on a validation metric that stops improving; with select_metric='last' "
                                 "nothing is compared: pick macro_f1, accuracy or loss, or drop patience.")
+    for name in ('loss_fn', 'eval_fn'):
+        if getattr(c, name) is not None and not callable(getattr(c, name)):
+            raise SpecftConfigError(f"{name} must be a function (or None), got {type(getattr(c, name)).__name__}.")
     choose_precision(c.precision, c.device)   # an unknown or unavailable device or precision
     return cfg
 
@@ -93,7 +97,7 @@ class TrainState:
     step:int=0                 # optimizer steps done
     epoch:int=0                # the epoch in progress, from 1 (0 before training)
     total_steps:int=0          # optimizer steps the whole run takes
-    loss:float|None=None       # mean training loss over the last `log_every` steps
+    loss:float|None=None       # mean training loss over the last `log_every` steps; None until step `log_every` (log_every=1: every step's)
     lr:float|None=None         # learning rate of the body (lr scale 1) at the last step
     metrics:dict=field(default_factory=dict) # last validation metrics: loss, accuracy, macro_f1, per_class
     kept_metric:float|None=None # the kept epoch's value of `select_metric` (for 'last': the epoch itself)
@@ -136,7 +140,7 @@ class HistoryLogger(Callback):
         if state.step % state.log_every == 0: self._write([[state.step, state.epoch, 'train', state.loss, state.lr, '', '']])
     def on_evaluate(self, state):
         m = state.metrics
-        self._write([[state.step, state.epoch, 'val', m['loss'], state.lr, m['accuracy'], m['macro_f1']]])
+        self._write([[state.step, state.epoch, 'val', m['loss'], state.lr, m.get('accuracy', ''), m.get('macro_f1', '')]])
 
 # %% ../nbs/06_train.ipynb #0335eb98
 class EarlyStopping(Callback):
@@ -154,8 +158,9 @@ class ProgressBar(Callback):
         self.bar.update(1)
         if state.step % state.log_every == 0: self.bar.set_postfix(epoch=state.epoch, loss=f'{state.loss:.4f}')
     def on_evaluate(self, state):
-        m = state.metrics
-        self.bar.set_postfix(epoch=state.epoch, val_loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.3f}", f1=f"{m['macro_f1']:.3f}")
+        short = {'loss': 'val_loss', 'accuracy': 'acc', 'macro_f1': 'f1'}
+        self.bar.set_postfix(epoch=state.epoch, **{short.get(k, k): f'{v:.4f}' if k == 'loss' else f'{v:.3f}'
+                                                   for k, v in state.metrics.items() if isinstance(v, (int, float))})
     def on_train_end(self, state): self.bar.close()
 
 class TensorBoardLogger(Callback):
@@ -170,12 +175,38 @@ class TensorBoardLogger(Callback):
         if state.step % state.log_every == 0:
             self.writer.add_scalar('train/loss', state.loss, state.step); self.writer.add_scalar('train/lr', state.lr, state.step)
     def on_evaluate(self, state):
-        for k in ('loss', 'accuracy', 'macro_f1'): self.writer.add_scalar(f'val/{k}', state.metrics[k], state.step)
+        for k, v in state.metrics.items():
+            if isinstance(v, (int, float)): self.writer.add_scalar(f'val/{k}', v, state.step)
     def on_train_end(self, state): self.writer.close()
 
 # %% ../nbs/06_train.ipynb #35753a91
-def _to(batch:dict, device)->dict: return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-def _inputs(batch:dict)->dict: return {k: v for k, v in batch.items() if k != 'labels'}
+def _to(batch, device):
+    "`batch` with every tensor in it (in dicts, tuples and lists) moved to `device`; anything else passes as it is"
+    if isinstance(batch, torch.Tensor): return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict): return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)): return type(batch)(_to(v, device) for v in batch)
+    return batch
+
+def split_batch(batch)->tuple:
+    "A batch's (inputs, labels): a dict gives itself without 'labels' and its 'labels' (or None); a tuple `(inputs, labels)` or `(*inputs, labels)` its parts"
+    if isinstance(batch, dict): return {k: v for k, v in batch.items() if k != 'labels'}, batch.get('labels')
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2: return (batch[0] if len(batch) == 2 else tuple(batch[:-1])), batch[-1]
+    got = f"{type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else '')
+    raise SpecftDataError(f"a batch must be a dict of the model's inputs (the labels under 'labels') or a tuple (inputs, "
+                          f"labels); got a {got}. Make the loader's collate_fn return one of these.")
+
+def forward(model:torch.nn.Module, inputs):
+    "Call `model` on a batch's inputs: `model(**inputs)` for a dict, `model(*inputs)` for a tuple, else `model(inputs)`"
+    if isinstance(inputs, dict): return model(**inputs)
+    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+
+def logits_of(out)->torch.Tensor:
+    "The logits in a model's output: a tensor itself, the `.logits` of a Hugging Face output, or a tuple's first element"
+    if isinstance(out, torch.Tensor): return out
+    if isinstance(getattr(out, 'logits', None), torch.Tensor): return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor): return out[0]
+    raise SpecftModelError(f"the model returned a {type(out).__name__}, which holds no logits: return a tensor, an output "
+                           "with .logits (Hugging Face), or a tuple whose first element is the logits.")
 
 def _loader_order(loader)->list[int]|None:
     "The dataset indices in the order `loader` visits them, when its batch sampler's order is fixed (has `set_epoch`)"
@@ -185,8 +216,8 @@ def _loader_order(loader)->list[int]|None:
     return order if sorted(order) == list(range(len(loader.dataset))) else None
 
 def predict_with_labels(
-    model:torch.nn.Module,         # `model(input_ids, attention_mask) -> logits`
-    loader,                        # yields dicts of input_ids, attention_mask (and labels)
+    model:torch.nn.Module,         # called by `forward` on each batch's inputs; returns what `logits_of` reads
+    loader,                        # yields batches as `fit` takes them: dicts (labels under 'labels'), or (inputs, labels)
     device:str|torch.device='auto', # where to run; the model is moved there ('auto': CUDA when present)
     precision:str='fp32',          # 'auto', 'fp32', 'bf16' or 'fp16'
 )->tuple[torch.Tensor, torch.Tensor|None]: # float32 logits [N, C] on the CPU and the labels (or None), in dataset order
@@ -196,8 +227,9 @@ def predict_with_labels(
     logits, ys = [], []
     with torch.inference_mode(), torch.autocast(device.type, dtype=dt, enabled=dt is not None):
         for b in loader:
-            logits.append(model(**_inputs(_to(b, device))).float().cpu())
-            if 'labels' in b: ys.append(b['labels'])
+            x, y = split_batch(b)
+            logits.append(logits_of(forward(model, _to(x, device))).float().cpu())
+            if y is not None: ys.append(torch.as_tensor(y))
     model.train(was_training)
     logits, ys = torch.cat(logits), (torch.cat(ys) if ys else None)
     order = _loader_order(loader)
@@ -208,7 +240,7 @@ def predict_with_labels(
 
 def predict_logits(
     model:torch.nn.Module,
-    loader,                        # yields dicts of input_ids, attention_mask
+    loader,                        # yields batches as `fit` takes them (labels optional)
     device:str|torch.device='auto',
     precision:str='fp32',          # 'auto', 'fp32', 'bf16' or 'fp16'
 )->torch.Tensor:                   # float32 logits [N, C] on the CPU
@@ -218,52 +250,89 @@ def predict_logits(
 # %% ../nbs/06_train.ipynb #be76c029
 def class_weights_from(
     labels,              # training label ids
-    num_labels:int,      # number of classes
+    num_labels:int|None, # number of classes
     power:float=1.0,     # 1: inverse frequency; 0.5: its square root ('sqrt')
 )->torch.Tensor:         # one weight per class, mean 1
     "Inverse-frequency class weights (`specft.losses.class_weights`) to the power `power`, normalised to mean 1"
-    try: w = class_weights(torch.as_tensor(list(labels)), num_labels) ** power
+    y = _class_ids(labels, num_labels, "class_weights='auto' or 'sqrt'")
+    try: w = class_weights(y, num_labels) ** power
     except SpecftDataError as e:
         raise SpecftDataError(f"{e} (They come from the training split, for class_weights='auto' or 'sqrt': check "
                               "the split, or pass class_weights='none'.)") from None
     return w / w.mean()
 
-def train_labels(loader)->list[int]:
-    "Every label id `loader` yields in one epoch (read from its dataset when it holds them)"
+def train_labels(loader)->list:
+    "Every label `loader` yields in one epoch, as numbers (read from its dataset when it holds them)"
     ds = getattr(loader, 'dataset', None)
-    if isinstance(getattr(ds, 'labels', None), (list, tuple, torch.Tensor)): return [int(y) for y in ds.labels]
-    return [int(y) for b in loader for y in b['labels']]
+    if isinstance(getattr(ds, 'labels', None), (list, tuple, torch.Tensor)): return torch.as_tensor(ds.labels).tolist()
+    return [y for b in loader for y in torch.as_tensor(_labels_of(b)).tolist()]
+
+def _labels_of(batch)->torch.Tensor:
+    "The labels of a training batch; a clear error when it has none"
+    y = split_batch(batch)[1]
+    if y is None: raise SpecftDataError("a training batch holds no labels: a dict batch needs a 'labels' entry, a tuple batch is (inputs, labels).")
+    return y
+
+def _class_ids(labels, num_labels:int|None, what:str)->torch.Tensor:
+    "`labels` as a tensor of class ids, or a `SpecftDataError` saying why `what` needs them"
+    if num_labels is None:
+        raise SpecftConfigError(f"{what} needs the number of classes: pass labels=[...] (the class names) to fit.")
+    y = torch.as_tensor(labels)
+    if y.ndim != 1 or y.is_floating_point() or y.dtype == torch.bool or ((y < 0) | (y >= num_labels)).any():
+        example = y.flatten()[:3].tolist()
+        raise SpecftDataError(f"{what} needs class ids 0..{num_labels - 1} as labels, but the training labels are {example}... "
+                              f"(dtype {y.dtype}, shape {tuple(y.shape)}). For a task that is not single-label classification "
+                              "pass loss_fn (and eval_fn): class weights and the logit adjustment belong to the built-in cross-entropy.")
+    return y.long()
 
 # %% ../nbs/06_train.ipynb #f6ac31ba
 def class_prior(
     labels,              # training label ids
-    num_labels:int,      # number of classes
+    num_labels:int|None, # number of classes
 )->torch.Tensor:         # pi: each class's share of `labels`, summing to 1
     "The class prior of the training labels, for the logit-adjusted loss"
-    n = torch.bincount(torch.as_tensor(list(labels), dtype=torch.long), minlength=num_labels)
+    n = torch.bincount(_class_ids(labels, num_labels, 'the logit adjustment (logit_adjust > 0)'), minlength=num_labels)
     if (n == 0).any():
         raise SpecftDataError(f"class ids {(n == 0).nonzero().flatten().tolist()} have no training examples, so their "
                               "prior is 0 and log(0) is not a logit adjustment: check the split, or pass logit_adjust=0.")
     return n.float() / n.sum()
 
 # %% ../nbs/06_train.ipynb #bf412813
+def _sibling(name:str):
+    "Module `name` of this package (`specft.model`, or the copy beside this file in another package), imported on first use"
+    return importlib.import_module(f'.{name}', __package__ or 'specft')
+
+def head_prefix(
+    model:torch.nn.Module,
+    head:str|torch.nn.Module='head', # the head: a submodule of `model`, or its name ('head' in specft, 'classifier' in BERT)
+)->str:                              # the head's parameter-name prefix, e.g. 'classifier.'
+    "The parameter-name prefix of the head of `model`"
+    if isinstance(head, torch.nn.Module):
+        name = next((n for n, m in model.named_modules() if m is head), None)
+        if not name: raise SpecftConfigError(f"head ({type(head).__name__}) is not a submodule of {type(model).__name__}; pass "
+                                             "the model's own head module (e.g. model.classifier), or its name.")
+        return name + '.'
+    if not isinstance(head, str) or not head.strip('.'):
+        raise SpecftConfigError(f"head must be a submodule of the model or its name (such as 'classifier'), got {head!r}.")
+    return head.strip('.') + '.'
+
 def layer_lr_scale(
     model:torch.nn.Module,
     head_lr_scale:float=1.0,       # the head's lr multiplier
     layer_decay:float|None=None,   # xi: encoder layer i of L learns at lr * xi**(L-i), the embeddings at lr * xi**L
+    head:str|torch.nn.Module='head', # the head (see `head_prefix`)
 )->Callable[[str], float]:         # parameter name -> lr multiplier
-    "The lr multiplier of each parameter name: `head_lr_scale` for 'head.*', layer-wise decay for the encoder"
-    depth, L = {}, 0
+    "The lr multiplier of each parameter name: `head_lr_scale` for the head, layer-wise decay for the encoder"
+    depth, L, prefix = {}, 0, head_prefix(model, head)
     if layer_decay is not None:
-        from specft.model import encoder_layers
-        layers = encoder_layers(model); L = len(layers)
+        layers = _sibling('model').encoder_layers(model); L = len(layers)
         names = {id(m): n for n, m in model.named_modules()}
         depth = {names[id(m)] + '.': i + 1 for i, m in enumerate(layers)}
     def scale(name:str)->float:
-        if name.startswith('head.'): return head_lr_scale
+        if name.startswith(prefix): return head_lr_scale
         if layer_decay is None: return 1.0
-        for prefix, i in depth.items():
-            if name.startswith(prefix): return layer_decay ** (L - i)
+        for p, i in depth.items():
+            if name.startswith(p): return layer_decay ** (L - i)
         return layer_decay ** L if 'embeddings' in name else 1.0
     return scale
 
@@ -287,29 +356,43 @@ def optimizer_step(
     return stepped
 
 # %% ../nbs/06_train.ipynb #3e34562d
-def _num_labels(model, labels)->int:
-    head = getattr(model, 'head', None)
+def _num_labels(model, labels, head:torch.nn.Module|None)->int|None:
+    "The number of classes: the head's outputs when it is one Linear layer, else len(labels), else the model config's num_labels"
     if isinstance(head, torch.nn.Linear): return head.out_features
     if labels: return len(labels)
-    raise SpecftConfigError("cannot tell the number of classes: pass labels=[...] to fit.")
+    return getattr(getattr(model, 'config', None), 'num_labels', None)
+
+def _takes_batch(fn)->bool:
+    "Whether the function `fn` has a parameter named `batch`"
+    try: return 'batch' in inspect.signature(fn).parameters
+    except (TypeError, ValueError): return False
 
 class Trainer:
     "The loop behind `fit`: the model, optimizer, schedule, scaler, callbacks and the `TrainState` of one run"
-    def __init__(self, model, train_loader, val_loader, cfg:TrainConfig, callbacks=(), out_dir=None, labels=None):
-        self.cfg = check_train_config(cfg)
+    def __init__(self, model, train_loader, val_loader=None, cfg:TrainConfig|None=None, callbacks=(), out_dir=None,
+                 labels=None, head='head'):
+        self.cfg = cfg = check_train_config(cfg or TrainConfig())
+        if val_loader is None and (cfg.patience is not None or cfg.select_metric != 'last'):
+            raise SpecftConfigError(f"{'patience' if cfg.patience is not None else 'select_metric=' + repr(cfg.select_metric)} "
+                                    "compares validation metrics, but val_loader is None: pass one, or drop patience and "
+                                    "use select_metric='last'.")
         self.device = get_device(cfg.device)
         self.precision = choose_precision(cfg.precision, self.device)
         self.model = model.to(self.device)
         self.train_loader, self.val_loader = train_loader, val_loader
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.num_labels = _num_labels(model, labels)
-        self.labels = list(labels) if labels else [str(i) for i in range(self.num_labels)]
+        self.head_prefix = head_prefix(model, head)
+        self.head = self._find_head()
+        self.num_labels = _num_labels(model, labels, self.head)
+        self.labels = list(labels) if labels else [str(i) for i in range(self.num_labels)] if self.num_labels else None
+        self._loss_takes_batch = _takes_batch(cfg.loss_fn)
         self.weight = self._class_weights()
         self.shift = self._logit_shift()   # tau * log(prior), added to the logits inside the loss; None: no adjustment
-        groups = param_groups(model, cfg.weight_decay, cfg.lr, layer_lr_scale(model, cfg.head_lr_scale, cfg.layer_decay))
+        groups = param_groups(model, cfg.weight_decay, cfg.lr, layer_lr_scale(model, cfg.head_lr_scale, cfg.layer_decay, head))
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=self.device.type in ('cpu', 'cuda'))
         self.batches_per_epoch = len(train_loader)
         if not self.batches_per_epoch: raise SpecftDataError("the training loader yields no batches; is the training split empty?")
+        from transformers import get_scheduler   # here, not on import: transformers.optimization loads its trainer (seconds)
         spe = math.ceil(self.batches_per_epoch / cfg.grad_accum)
         total = cfg.epochs * spe
         self.scheduler = get_scheduler(cfg.schedule, self.optimizer, num_warmup_steps=round(cfg.warmup * total),
@@ -321,6 +404,17 @@ class Trainer:
         self._window = [0.0, 0]        # loss sum and steps since the last log step
         self._bad_step = None          # the first step whose loss was not finite (a tensor on the device)
         self._body_group = next((i for i, g in enumerate(self.optimizer.param_groups) if g['initial_lr'] == cfg.lr), 0)
+
+    def _find_head(self)->torch.nn.Module|None:
+        "The head module, or None; warns when `head_lr_scale` finds no head to scale, refuses gradual unfreezing without one"
+        m, p = self.model, self.head_prefix
+        head = m.get_submodule(p[:-1]) if any(n.startswith(p) for n, _ in m.named_parameters()) else None
+        if head is None and (self.cfg.head_lr_scale != 1 or self.cfg.gradual_unfreeze):
+            msg = (f"no parameter of {type(m).__name__} is named '{p}*' (its parts: {', '.join(n for n, _ in m.named_children())}): "
+                   "pass fit(..., head=NAME) or the head module")
+            if self.cfg.gradual_unfreeze: raise SpecftConfigError(f"{msg}; gradual_unfreeze trains the head first.")
+            warnings.warn(f"{msg}, or head_lr_scale=1: head_lr_scale={self.cfg.head_lr_scale} scales nothing here.", stacklevel=4)
+        return head
 
     def _class_weights(self):
         cw = self.cfg.class_weights
@@ -335,7 +429,7 @@ class Trainer:
         return (tau * class_prior(self.train_label_ids, self.num_labels).log()).to(self.device)
 
     @functools.cached_property
-    def train_label_ids(self)->list[int]:
+    def train_label_ids(self)->list:
         "The training labels, read once (for class weights and the logit shift)"
         return train_labels(self.train_loader)
 
@@ -364,39 +458,52 @@ def _norm(self:Trainer, y:torch.Tensor):
     return self.weight[y].sum()
 
 @patch
-def _loss(self:Trainer, logits:torch.Tensor, y:torch.Tensor, total):
+def _loss(self:Trainer, logits:torch.Tensor, y:torch.Tensor, total, batch=None):
     "This batch's share of the group's mean loss"
     c = self.cfg
-    if c.loss_fn is not None: return c.loss_fn(logits, y) * y.numel() / total
+    if c.loss_fn is not None: return self._user_loss(logits, y, batch) * y.numel() / total
     if self.shift is not None: logits = logits.float() + self.shift
     return F.cross_entropy(logits, y, weight=self.weight, label_smoothing=c.label_smoothing, reduction='sum') / total
 
 @patch
-def _pieces(self:Trainer, b:dict)->list[dict]:
+def _user_loss(self:Trainer, logits:torch.Tensor, y:torch.Tensor, batch):
+    "`cfg.loss_fn(logits, y)`, with `batch=batch` when it takes a `batch` parameter (None at validation)"
+    return self.cfg.loss_fn(logits, y, batch=batch) if self._loss_takes_batch else self.cfg.loss_fn(logits, y)
+
+def _rows(x, i:int, j:int):
+    "Rows i..j of `x`: a tensor or a list of values is cut, a dict or tuple (or list of tensors) is cut inside"
+    if isinstance(x, torch.Tensor) or (isinstance(x, list) and not any(isinstance(v, torch.Tensor) for v in x)): return x[i:j]
+    if isinstance(x, dict): return {k: _rows(v, i, j) for k, v in x.items()}
+    if isinstance(x, (tuple, list)): return type(x)(_rows(v, i, j) for v in x)
+    return x
+
+@patch
+def _pieces(self:Trainer, b)->list:
     "Cut a batch into `state.micro_split` pieces (raised after out-of-memory errors)"
     k = self.state.micro_split
     if k == 1: return [b]
-    n = len(b['labels']); size = math.ceil(n / k)
-    return [{key: v[i:i + size] for key, v in b.items()} for i in range(0, n, size)]
+    n = len(_labels_of(b)); size = math.ceil(n / k)
+    return [_rows(b, i, i + size) for i in range(0, n, size)]
 
 @patch
-def _accumulate(self:Trainer, group:list[dict]):
+def _accumulate(self:Trainer, group:list):
     "Forward and backward every batch of `group`; returns the group's mean loss (a tensor, no sync)"
     group = [_to(b, self.device) for b in group]
-    total = sum(self._norm(b['labels']) for b in group)
+    total = sum(self._norm(_labels_of(b)) for b in group)
     dt = autocast_dtype(self.precision); out = 0.0
     for b in group:
         for p in self._pieces(b):
+            x, y = split_batch(p)
             with torch.autocast(self.device.type, dtype=dt, enabled=dt is not None):
-                logits = self.model(**_inputs(p))
-            loss = self._loss(logits.float(), p['labels'], total)
+                logits = logits_of(forward(self.model, x))
+            loss = self._loss(logits.float(), y, total, p)
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             out = out + loss.detach()
     return out
 
 # %% ../nbs/06_train.ipynb #ccb112f6
 @patch
-def train_step(self:Trainer, group:list[dict]):
+def train_step(self:Trainer, group:list):
     "One optimizer step on a group of batches; after an out-of-memory error, halve the pieces and retry"
     while True:
         try:
@@ -404,7 +511,7 @@ def train_step(self:Trainer, group:list[dict]):
         except torch.OutOfMemoryError: pass   # handled outside the except block, so the failed graph is freed
         self.optimizer.zero_grad(set_to_none=True)
         if self.device.type == 'cuda': torch.cuda.empty_cache()
-        n = max(len(b['labels']) for b in group)
+        n = max(len(_labels_of(b)) for b in group)
         if math.ceil(n / self.state.micro_split) <= 1:
             raise SpecftTrainingError(f"out of memory at step {self.state.step + 1} even with one example per forward pass; "
                                       "lower --max-len or --batch-size, or use a smaller model.")
@@ -452,13 +559,31 @@ def _selected(s:TrainState)->float:
     return float(s.epoch) if s.select_metric == 'last' else float(s.metrics[s.select_metric])
 
 @patch
+def _val_metrics(self:Trainer, logits:torch.Tensor, y:torch.Tensor|None)->dict:
+    "The validation loss (plain cross-entropy, or `loss_fn`) and `eval_fn`'s metrics (default: accuracy, macro-F1, per class)"
+    if y is None: raise SpecftDataError("the validation batches hold no labels: a dict batch needs 'labels', a tuple batch is (inputs, labels).")
+    c = self.cfg
+    loss = F.cross_entropy(logits, y) if c.loss_fn is None else self._user_loss(logits, y, None)
+    if c.eval_fn is not None:
+        m = c.eval_fn(logits, y)
+        if not isinstance(m, dict): raise SpecftConfigError(f"eval_fn must return a dict of metrics, got {type(m).__name__}.")
+    elif y.is_floating_point() or y.ndim != 1:
+        raise SpecftDataError(f"the validation labels (dtype {y.dtype}, shape {tuple(y.shape)}) are not class ids, so the default "
+                              "metrics (accuracy, macro-F1) do not apply: pass eval_fn=lambda logits, labels: {...} (and a loss_fn).")
+    elif self.labels is None: raise SpecftConfigError("cannot tell the number of classes for the validation metrics: pass labels=[...] to fit.")
+    else: m = compute_metrics(y.tolist(), logits.argmax(-1).tolist(), self.labels)
+    return {'loss': float(loss), **m}
+
+@patch
 def evaluate(self:Trainer)->dict:
-    "Validation loss (plain cross-entropy), accuracy and macro-F1; updates the kept epoch (and copies its weights if a metric picks it)"
+    "Validation loss and metrics (`_val_metrics`); updates the kept epoch (and copies its weights if a metric picks it)"
     self.check_finite()
     logits, y = predict_with_labels(self.model, self.val_loader, self.device, self.precision)
     s = self.state
-    s.metrics = {'loss': F.cross_entropy(logits, y).item(),
-                 **compute_metrics(y.tolist(), logits.argmax(-1).tolist(), self.labels)}
+    s.metrics = self._val_metrics(logits, y)
+    if s.select_metric != 'last' and not isinstance(s.metrics.get(s.select_metric), (int, float)):
+        raise SpecftConfigError(f"select_metric={s.select_metric!r} is not among the validation metrics ({', '.join(s.metrics)}): "
+                                "make eval_fn return it, or select by 'loss' or 'last'.")
     if _is_better(_selected(s), s.kept_metric, s.select_metric):
         s.kept_metric, s.kept_epoch, s.kept_metrics = _selected(s), s.epoch, dict(s.metrics)
         if s.select_metric != 'last':   # 'last' keeps what the model holds at the end: no copy
@@ -471,10 +596,9 @@ def _unfreeze(self:Trainer, epoch:int):
     "Gradual unfreezing: the head alone in epoch 1, then `gradual_unfreeze` more encoder layers each epoch"
     k = self.cfg.gradual_unfreeze
     if not k: return
-    from specft.model import encoder_layers
-    layers = encoder_layers(self.model); n = (epoch - 1) * k
+    layers = _sibling('model').encoder_layers(self.model); n = (epoch - 1) * k
     for p in self.model.parameters(): p.requires_grad_(n >= len(layers))
-    for m in [self.model.head] + (layers[len(layers) - n:] if n else []):
+    for m in [self.head] + (layers[len(layers) - n:] if n else []):
         for p in m.parameters(): p.requires_grad_(True)
 
 # %% ../nbs/06_train.ipynb #c125fa0f
@@ -599,8 +723,12 @@ def remove_checkpoints(
 
 # %% ../nbs/06_train.ipynb #0a86be76
 @patch
-def _start(self:Trainer, resume:bool):
-    "Seed a fresh run (clearing old checkpoints), or load the latest complete one: (first epoch, batches to skip, RNG)"
+def _start(self:Trainer, resume:bool, overwrite:bool=False):
+    "Seed a fresh run (clearing old checkpoints, if `overwrite`), or load the latest complete one: (first epoch, batches to skip, RNG)"
+    old = [f for f in ('history.csv', 'checkpoints') if self.out_dir is not None and (self.out_dir/f).exists()]
+    if old and not resume and not overwrite:
+        raise SpecftConfigError(f"{self.out_dir} holds a run already ({', '.join(old)}): pass resume=True to continue it, "
+                                "overwrite=True to replace its history and checkpoints, or another out_dir.")
     ck = latest_checkpoint(self.out_dir) if resume else None
     if resume and ck is None:
         warnings.warn(f"resume asked for, but {self.out_dir}/checkpoints holds no complete checkpoint; starting afresh.")
@@ -636,9 +764,9 @@ def run_epoch(self:Trainer, epoch:int, skip:int=0, rng=None)->bool:
 
 # %% ../nbs/06_train.ipynb #ec250a18
 @patch
-def fit(self:Trainer, resume:bool=False)->TrainState:
+def fit(self:Trainer, resume:bool=False, overwrite:bool=False)->TrainState:
     "Train for `cfg.epochs`, validating and checkpointing each epoch; end with the kept epoch's weights in the model"
-    first, skip, rng = self._start(resume)
+    first, skip, rng = self._start(resume, overwrite)
     s = self.state
     self.emit('on_train_begin')
     for epoch in range(first, self.cfg.epochs + 1):
@@ -658,15 +786,19 @@ def fit(self:Trainer, resume:bool=False)->TrainState:
 
 # %% ../nbs/06_train.ipynb #5bb3acd7
 def fit(
-    model:torch.nn.Module,         # a classifier: `model(input_ids, attention_mask) -> logits`
-    train_loader,                  # batches of input_ids, attention_mask, labels (`specft.batch.make_loader`)
-    val_loader,                    # validation batches, evaluated after every epoch; None: no validation
-    cfg:TrainConfig|None=None,     # settings; None: `TrainConfig()`
+    model:torch.nn.Module,         # any torch module; each batch's inputs go in by `forward`, the logits come out by `logits_of`
+    train_loader,                  # batches: dicts (labels under 'labels') or tuples (inputs, labels); `specft.batch.make_loader`
+    val_loader=None,               # validation batches, the same kinds, evaluated after every epoch; None: no validation
+    cfg:TrainConfig|None=None,     # settings (loss_fn, eval_fn, ...); None: `TrainConfig()`
     callbacks=(),                  # `Callback`s, called in order
     out_dir=None,                  # run folder for history.csv and checkpoints/; None: nothing written
-    labels:list[str]|None=None,    # class names, for the metrics
+    labels:list[str]|None=None,    # class names, for the metrics (default: the head's outputs, or model.config.num_labels)
     resume:bool=False,             # continue from the latest complete checkpoint in `out_dir`
+    head:str|torch.nn.Module='head', # the head, for head_lr_scale and gradual_unfreeze: a submodule of `model` or its name
+    overwrite:bool=False,          # replace the history.csv and checkpoints/ of an earlier run in `out_dir` (else an error)
 )->TrainState:                     # the final state; `model` holds the kept epoch's weights
     "Fine-tune `model`; returns the final `TrainState`, with the kept epoch's weights (the last, or the best by `cfg.select_metric`) in `model`"
     if resume and out_dir is None: raise SpecftConfigError("resume=True needs the out_dir of the run to resume.")
-    return Trainer(model, train_loader, val_loader, cfg or TrainConfig(), callbacks, out_dir, labels).fit(resume)
+    caller_rng = _rng_state()   # the run seeds (and loaders draw from) the global generators: the caller gets them back
+    try: return Trainer(model, train_loader, val_loader, cfg, callbacks, out_dir, labels, head).fit(resume, overwrite)
+    finally: _set_rng_state(caller_rng)
