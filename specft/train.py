@@ -452,13 +452,17 @@ def _selected(s:TrainState)->float:
     return float(s.epoch) if s.select_metric == 'last' else float(s.metrics[s.select_metric])
 
 @patch
+def val_metrics(self:Trainer)->dict:
+    "Validation loss (plain cross-entropy), accuracy, macro-F1 and per-class scores of the model as it is now"
+    logits, y = predict_with_labels(self.model, self.val_loader, self.device, self.precision)
+    return {'loss': F.cross_entropy(logits, y).item(), **compute_metrics(y.tolist(), logits.argmax(-1).tolist(), self.labels)}
+
+@patch
 def evaluate(self:Trainer)->dict:
     "Validation loss (plain cross-entropy), accuracy and macro-F1; updates the kept epoch (and copies its weights if a metric picks it)"
     self.check_finite()
-    logits, y = predict_with_labels(self.model, self.val_loader, self.device, self.precision)
     s = self.state
-    s.metrics = {'loss': F.cross_entropy(logits, y).item(),
-                 **compute_metrics(y.tolist(), logits.argmax(-1).tolist(), self.labels)}
+    s.metrics = self.val_metrics()
     if _is_better(_selected(s), s.kept_metric, s.select_metric):
         s.kept_metric, s.kept_epoch, s.kept_metrics = _selected(s), s.epoch, dict(s.metrics)
         if s.select_metric != 'last':   # 'last' keeps what the model holds at the end: no copy
@@ -522,6 +526,11 @@ def _write_dir(path:Path, write:Callable[[Path], None])->Path:
 
 # %% ../nbs/06_train.ipynb #3eae1d99
 @patch
+def rng_state(self:Trainer)->dict:
+    "The RNG states a checkpoint keeps (`_rng_state`; a data-parallel trainer adds every process's)"
+    return _rng_state()
+
+@patch
 def save_checkpoint(self:Trainer, path:Path)->Path:
     "Write weights, optimizer, schedule, scaler and RNG state, then `state.json` last, atomically to `path`"
     self.check_finite()
@@ -531,7 +540,7 @@ def save_checkpoint(self:Trainer, path:Path)->Path:
         torch.save(self.optimizer.state_dict(), tmp/'optimizer.pt')
         torch.save(self.scheduler.state_dict(), tmp/'scheduler.pt')
         if self.scaler is not None: torch.save(self.scaler.state_dict(), tmp/'scaler.pt')
-        torch.save(_rng_state(), tmp/'rng.pt')
+        torch.save(self.rng_state(), tmp/'rng.pt')
         (tmp/'state.json').write_text(json.dumps(dict(state=self.state.to_dict(), **extra), indent=1))
     return _write_dir(path, write)
 
