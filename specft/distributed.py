@@ -217,8 +217,13 @@ def _norm(self:DistTrainer, y:torch.Tensor):
 
 @patch
 def _accumulate(self:DistTrainer, group:list[dict]):
-    "Forward and backward a group; returns the global batch's mean loss"
-    return all_sum(Trainer._accumulate(self, group)) / self.world
+    "Forward and backward a group; returns the global batch's mean loss. Out of memory ends the run (no retry)"
+    try: loss = Trainer._accumulate(self, group)
+    except torch.OutOfMemoryError:   # one process retrying in smaller pieces would run other collectives than the rest
+        raise SpecftTrainingError(f"process {self.rank}: out of memory at step {self.state.step + 1}. Lower --batch-size or "
+                                  "--max-len, or add --grad-checkpointing (a data-parallel run does not retry in "
+                                  "smaller pieces the way one process does).") from None
+    return all_sum(loss) / self.world
 
 @patch
 def emit(self:DistTrainer, event:str, *args):
