@@ -11,12 +11,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from fastcore.basics import patch
 from transformers import PreTrainedModel
-from .core import SpecftError, SpecftConfigError, SpecftTrainingError, get_device, set_seed
+from .core import SpecftError, SpecftConfigError, SpecftTrainingError, get_device, choose_precision, set_seed
 from .train import (TrainConfig, TrainState, Trainer, Callback, Checkpointer, HistoryLogger, ProgressBar,
                           TensorBoardLogger, latest_checkpoint, predict_with_labels)
 from .train import fit as fit_one_process
@@ -331,7 +332,7 @@ def fit(
     train_loader,                  # training batches (`specft.batch.make_loader`); each process takes its whole batches
     val_loader,                    # validation batches; None: no validation
     cfg:TrainConfig|None=None,     # settings; None: `TrainConfig()`
-    callbacks=(),                  # `Callback`s; `attach(trainer)` is called on those that have it
+    callbacks=(),                  # `Callback`s; `attach(model, cfg)` is called on those that have it
     out_dir=None,                  # run folder (written by the first process); None: nothing written
     labels:list[str]|None=None,    # class names
     resume:bool=False,             # continue from the latest complete checkpoint in `out_dir`
@@ -339,13 +340,11 @@ def fit(
     "`specft.train.fit`, data-parallel when launched by torchrun or accelerate launch"
     cfg, W = cfg or TrainConfig(), world_size()
     if resume and out_dir is not None: _check_world(latest_checkpoint(out_dir), W)
-    if W == 1 and not any(hasattr(c, 'attach') for c in callbacks):
-        return fit_one_process(model, train_loader, val_loader, cfg, callbacks, out_dir, labels, resume)
-    if resume and out_dir is None: raise SpecftConfigError("resume=True needs the out_dir of the run to resume.")
-    t = (DistTrainer if W > 1 else Trainer)(model, train_loader, val_loader, cfg, callbacks, out_dir, labels)
     for c in callbacks:
-        if hasattr(c, 'attach'): c.attach(t)
-    return t.fit(resume)
+        if hasattr(c, 'attach'): c.attach(model, cfg)
+    if W == 1: return fit_one_process(model, train_loader, val_loader, cfg, callbacks, out_dir, labels, resume)
+    if resume and out_dir is None: raise SpecftConfigError("resume=True needs the out_dir of the run to resume.")
+    return DistTrainer(model, train_loader, val_loader, cfg, callbacks, out_dir, labels).fit(resume)
 
 # %% ../nbs/14_distributed.ipynb #a24fdc9d
 def backbone_config(model:torch.nn.Module):
@@ -414,12 +413,10 @@ class LiveBytes(TorchDispatchMode):
         for t in tree_flatten(out)[0]: self._add(t)
         return out
 
-# %% ../nbs/14_distributed.ipynb #ba1bccf6
-def _state_tensors(trainer)->list[torch.Tensor]:
-    "The tensors a trainer holds between steps: weights, buffers, gradients, optimizer state"
-    m, opt = trainer.model, trainer.optimizer
-    grads = [p.grad for p in m.parameters() if p.grad is not None]
-    return [*m.parameters(), *m.buffers(), *grads, *(v for s in opt.state.values() for v in s.values() if torch.is_tensor(v))]
+# %% ../nbs/14_distributed.ipynb #252e5457
+def _optimizer_tensors(opt:torch.optim.Optimizer)->list[torch.Tensor]:
+    "The tensors of an optimizer's state (AdamW: step, exp_avg, exp_avg_sq per parameter)"
+    return [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
 
 class MemoryReport(Callback):
     "Show the memory estimate before training and the measured peak after it (CPU: the first `steps` steps counted)"
@@ -429,30 +426,37 @@ class MemoryReport(Callback):
         steps:int=2,                  # CPU: count the first steps (the second holds AdamW's state): the steady peak
     ):
         self.batch_size, self.max_len, self.show, self.steps = batch_size, max_len, show, steps
-        self.estimate = self.peak = self._trainer = self._meter = None; self._first = 0
-    def attach(self, trainer): self._trainer = trainer   # called by `specft.distributed.fit` before training
+        self.estimate = self.peak = self._model = self._meter = self._hook = None; self._first = 0
+    def attach(self, model:torch.nn.Module, cfg:TrainConfig):
+        "The model and settings of the run (`specft.distributed.fit` calls this before training)"
+        self._model, self._cfg = model, cfg
     def _say(self, s:str):
         if self.show is not None and is_main(): self.show(s)
     def on_train_begin(self, state):
-        t = self._trainer
-        if t is None: return
-        self.estimate = e = estimate_memory(t.model, self.batch_size, self.max_len, t.precision, t.device)
-        self._say(f"memory estimate (batch {self.batch_size} x {self.max_len} tokens, {t.precision}, {t.device.type}): "
+        if self._model is None: return
+        self._device = dev = get_device(self._cfg.device); prec = choose_precision(self._cfg.precision, dev)
+        self.estimate = e = estimate_memory(self._model, self.batch_size, self.max_len, prec, dev)
+        self._say(f"memory estimate (batch {self.batch_size} x {self.max_len} tokens, {prec}, {dev.type}): "
                   f"weights {mb(e['weights'])}, gradients {mb(e['gradients'])}, optimizer state {mb(e['optimizer'])}, "
                   f"activations {mb(e['activations'])}" + (f", DDP buckets {mb(e['ddp_buckets'])}" if e['ddp_buckets'] else '')
                   + f"; peak about {mb(e['peak'])}")
         self._first = state.step
-        if t.device.type == 'cuda': torch.cuda.reset_peak_memory_stats(t.device)
-        else: self._meter = LiveBytes(_state_tensors(t)).__enter__()
+        if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats(dev); return
+        m = self._model
+        self._meter = LiveBytes([*m.parameters(), *m.buffers(), *(p.grad for p in m.parameters() if p.grad is not None)])
+        self._meter.__enter__()
+        # a resumed run's optimizer state was loaded before: counted when the optimizer first steps
+        self._hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: [self._meter._add(t) for t in _optimizer_tensors(opt)])
     def _stop(self):
-        if self._meter is not None: self._meter.__exit__(None, None, None); self.peak = self._meter.peak; self._meter = None
+        if self._meter is None: return
+        self._meter.__exit__(None, None, None); self._hook.remove()
+        self.peak, self._meter = self._meter.peak, None
     def on_step_end(self, state):
         if state.step - self._first >= self.steps: self._stop()
     def on_train_end(self, state):
-        t = self._trainer
-        if t is None: return
+        if self._model is None: return
         self._stop()
-        if t.device.type == 'cuda': self.peak = torch.cuda.max_memory_allocated(t.device)
+        if self._device.type == 'cuda': self.peak = torch.cuda.max_memory_allocated(self._device)
         if self.peak: self._say(f"memory measured: peak {mb(self.peak)} (estimate {mb(self.estimate['peak'])}, "
                                 f"{self.estimate['peak'] / self.peak - 1:+.0%})")
 
