@@ -445,8 +445,10 @@ class MemoryReport(Callback):
         m = self._model
         self._meter = LiveBytes([*m.parameters(), *m.buffers(), *(p.grad for p in m.parameters() if p.grad is not None)])
         self._meter.__enter__()
-        # a resumed run's optimizer state was loaded before: counted when the optimizer first steps
-        self._hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: [self._meter._add(t) for t in _optimizer_tensors(opt)])
+        self._hook = register_optimizer_step_pre_hook(self._count_optimizer)
+    def _count_optimizer(self, opt, args, kwargs):
+        "Count the optimizer's state: a resumed run loaded it before training began"
+        for t in _optimizer_tensors(opt): self._meter._add(t)
     def _stop(self):
         if self._meter is None: return
         self._meter.__exit__(None, None, None); self._hook.remove()
