@@ -7,7 +7,8 @@
 #   4. a tiny end-to-end run in each precision through `specft.pipeline.run`;
 #   5. bench/train_throughput.py on the GPU in bf16 (specft against transformers.Trainer, three rounds and medians, alone on the
 #      GPU), with its ratio lines and the share of the GPU's measured matrix-multiply peak (model FLOPs utilisation).
-# Not here yet: the 2-process DDP run (specft has no distributed launcher yet; see the scale-out issue).
+#   6. a 2-process DDP run through torchrun and the specft command: NCCL with two GPUs or more, else two processes
+#      sharing one GPU with gloo (specft.distributed picks the backend), then its distributed.json and a Predictor load.
 # Usage (specft importable, bundled model and data installed): bash bench/gpu_check.sh [OUT_DIR]
 # It writes OUT_DIR/gpu_check.log (the summary) and OUT_DIR/notebooks.log (the end of each notebook's output).
 set -uo pipefail
@@ -48,5 +49,13 @@ PY
 step "5. training throughput on the GPU, bf16 (bench/train_throughput.py --device cuda --repeats 3)"
 OMP_NUM_THREADS=8 timeout 200 python3 bench/train_throughput.py --device cuda --precision bf16 --repeats 3 --threads 8 2>&1 \
     | grep -v -i -E 'warn|it/s\]|^\s*$' | tail -40
+
+step "6. a 2-process DDP run (torchrun -m specft train; NCCL with 2+ GPUs, else gloo with both processes on one GPU)"
+python3 -c "import torch; n = torch.cuda.device_count(); print(f'GPUs: {n}; backend: {\"nccl\" if n >= 2 else \"gloo\"}')"
+rm -rf "$out/ddp"
+OMP_NUM_THREADS=4 timeout 180 python3 -m torch.distributed.run --nproc_per_node 2 --master_port 29517 -m specft train --model tiny --epochs 2 \
+    --max-len 64 --max-train-rows 400 --device cuda --precision auto --out "$out/ddp" 2>&1 | grep -v -i -E 'warn|it/s\]|^\s*$' | tail -12
+cat "$out/ddp/distributed.json" && echo
+timeout 60 python3 -c "from specft.pipeline import Predictor; print(Predictor.load('$out/ddp').predict(['It helped a lot.'])[0]['label'])"
 
 step "done"

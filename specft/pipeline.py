@@ -17,8 +17,9 @@ from .clean import prepare_corpus, preprocessing_settings, preprocess_texts
 from .split import split_corpus, LabelMap
 from .batch import encode_texts, make_loader
 from .model import METHODS, POOLINGS, build_classifier, save_classifier, load_classifier, count_params, freeze
-from .train import (TrainConfig, TrainState, check_train_config, fit, predict_logits, latest_checkpoint,
+from .train import (TrainConfig, TrainState, check_train_config, predict_logits, latest_checkpoint,
                           remove_checkpoints)
+from .distributed import fit, init_distributed, on_main, is_main, enable_grad_checkpointing   # fit: train.fit, data-parallel under torchrun
 from .evaluate import compute_metrics, baseline_metrics, metrics_table
 from .core import md_table
 
@@ -76,6 +77,7 @@ class RunConfig:
     log_every:int = TrainConfig.log_every            # a training-loss row in history.csv every N steps
     max_train_rows:int|None = None  # use only the first N training rows (quick tries)
     drop_empty:bool = False       # drop (and report) rows with an empty text or label instead of failing
+    grad_checkpointing:bool = False # recompute each layer's activations in the backward pass: less memory, about a third more compute
 
     def non_default(self)->dict:
         "The fields that differ from their defaults"
@@ -292,11 +294,13 @@ def run(
     config:RunConfig,  # the settings; see `RunConfig`
     callbacks=(),      # extra `specft.train.Callback`s (a progress bar, the panel)
 )->RunResult:
-    "Fine-tune, evaluate against the baseline, and write the run folder"
-    cfg, out = prepare_run_dir(check_config(config))
+    "Fine-tune, evaluate against the baseline, and write the run folder (under torchrun: every process trains, the first writes)"
+    init_distributed(config.device)   # nothing outside torchrun or accelerate launch
+    cfg, out = on_main(prepare_run_dir, check_config(config))
     set_seed(cfg.seed)
     data = prepare_data(cfg)
     model, tok, peft = build_model(cfg, len(data.labels))
+    if cfg.grad_checkpointing: enable_grad_checkpointing(model)
     info = {'config': asdict(cfg), 'preprocessing': preprocessing_of(cfg), 'labels': data.labels.names,
             'data': {'name': data.corpus_name, 'source': data.source, 'citation': data.citation},
             'report': data.report, 'params': count_params(model), 'versions': versions(),
@@ -305,12 +309,13 @@ def run(
     if cfg.resume and (saved := json.loads((out/'run.json').read_text())).get('data_sha256') != data.sha256:
         raise SpecftDataError(f"--resume: the data {cfg.data} differs from what run {out} was trained on "
                               "(its SHA-256 changed). Restore the original data or start a new run.")
-    if not cfg.resume: (out/'run.json').write_text(json.dumps(info, indent=2))
-    data.labels.save(out/'labels.json')
+    if not cfg.resume and is_main(): (out/'run.json').write_text(json.dumps(info, indent=2))
+    if is_main(): data.labels.save(out/'labels.json')
     train_dl, val_dl, test_dl = (_encode(tok, df, data.labels, cfg, shuffle=df is data.train)
                                  for df in (data.train, data.val, data.test))
     state = fit(model, train_dl, val_dl, cfg.train_config(), callbacks=[*callbacks, *peft_callbacks(model, peft_settings(cfg))],
                 out_dir=out, labels=data.labels.names, resume=cfg.resume)
+    if not is_main(): return RunResult(out, {}, {}, state)   # the other processes of a data-parallel run stop here
     probs = predict_logits(model, test_dl, device=cfg.device, precision=choose_precision(cfg.precision, cfg.device)).softmax(-1)
     y_true, y_pred = data.labels.encode(data.test['label']), probs.argmax(-1).tolist()
     metrics = compute_metrics(y_true, y_pred, data.labels.names)

@@ -575,12 +575,17 @@ def _val_metrics(self:Trainer, logits:torch.Tensor, y:torch.Tensor|None)->dict:
     return {'loss': float(loss), **m}
 
 @patch
+def val_metrics(self:Trainer)->dict:
+    "Validation loss and metrics of the model as it is now: `_val_metrics` of the whole validation split"
+    logits, y = predict_with_labels(self.model, self.val_loader, self.device, self.precision)
+    return self._val_metrics(logits, y)
+
+@patch
 def evaluate(self:Trainer)->dict:
     "Validation loss and metrics (`_val_metrics`); updates the kept epoch (and copies its weights if a metric picks it)"
     self.check_finite()
-    logits, y = predict_with_labels(self.model, self.val_loader, self.device, self.precision)
     s = self.state
-    s.metrics = self._val_metrics(logits, y)
+    s.metrics = self.val_metrics()
     if s.select_metric != 'last' and not isinstance(s.metrics.get(s.select_metric), (int, float)):
         raise SpecftConfigError(f"select_metric={s.select_metric!r} is not among the validation metrics ({', '.join(s.metrics)}): "
                                 "make eval_fn return it, or select by 'loss' or 'last'.")
@@ -646,6 +651,11 @@ def _write_dir(path:Path, write:Callable[[Path], None])->Path:
 
 # %% ../nbs/06_train.ipynb #3eae1d99
 @patch
+def rng_state(self:Trainer)->dict:
+    "The RNG states a checkpoint keeps (`_rng_state`; a data-parallel trainer adds every process's)"
+    return _rng_state()
+
+@patch
 def save_checkpoint(self:Trainer, path:Path)->Path:
     "Write weights, optimizer, schedule, scaler and RNG state, then `state.json` last, atomically to `path`"
     self.check_finite()
@@ -655,7 +665,7 @@ def save_checkpoint(self:Trainer, path:Path)->Path:
         torch.save(self.optimizer.state_dict(), tmp/'optimizer.pt')
         torch.save(self.scheduler.state_dict(), tmp/'scheduler.pt')
         if self.scaler is not None: torch.save(self.scaler.state_dict(), tmp/'scaler.pt')
-        torch.save(_rng_state(), tmp/'rng.pt')
+        torch.save(self.rng_state(), tmp/'rng.pt')
         (tmp/'state.json').write_text(json.dumps(dict(state=self.state.to_dict(), **extra), indent=1))
     return _write_dir(path, write)
 
