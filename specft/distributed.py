@@ -170,14 +170,14 @@ class _FollowCheckpoints(Checkpointer):
 
 class DistTrainer(Trainer):
     "`Trainer` in one process of a data-parallel run: whole batches per process, gradients all-reduced by DDP"
-    def __init__(self, model, train_loader, val_loader, cfg:TrainConfig, callbacks=(), out_dir=None, labels=None):
+    def __init__(self, model, train_loader, val_loader, cfg:TrainConfig, callbacks=(), out_dir=None, labels=None, head='head'):
         self.rank, self.world = rank(), world_size()
         if cfg.gradual_unfreeze:
             raise SpecftConfigError("gradual_unfreeze changes which weights train mid-run, which DDP cannot follow; "
                                     "train data-parallel without it.")
         super().__init__(model, shard_loader(train_loader, self.rank, self.world),
                          None if val_loader is None else shard_loader(val_loader, self.rank, self.world, pad=False),
-                         cfg, callbacks, out_dir, labels)
+                         cfg, callbacks, out_dir, labels, head)
         ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
         self.ddp = DDP(self.model, device_ids=ids)   # copies the first process's weights and buffers to the others
         self.rows = 0                  # real training rows this process has trained on in this session
@@ -291,10 +291,10 @@ def load_checkpoint(self:DistTrainer, path:Path)->dict:
     return Trainer.load_checkpoint(self, path)['ranks'][self.rank]
 
 @patch
-def _start(self:DistTrainer, resume:bool):
+def _start(self:DistTrainer, resume:bool, overwrite:bool=False):
     "The first process clears or loads first; a fresh run seeds each process with `seed + rank`"
     if self.rank: dist.barrier()                   # wait while the first process clears an old run's checkpoints
-    first, skip, rng = Trainer._start(self, resume)
+    first, skip, rng = Trainer._start(self, resume, overwrite)
     if not self.rank: dist.barrier()
     if rng is None and self.rank: set_seed(self.cfg.seed + self.rank)
     return first, skip, rng
@@ -306,9 +306,9 @@ def _is_comm_error(e:BaseException)->bool:
     return isinstance(e, (dist.DistError, LauncherStop)) or any(w in s for w in ('gloo', 'nccl', 'connection', 'timed out', 'broken pipe'))
 
 @patch
-def fit(self:DistTrainer, resume:bool=False)->TrainState:
+def fit(self:DistTrainer, resume:bool=False, overwrite:bool=False)->TrainState:
     "`Trainer.fit` in every process; a process that stops ends the run with a plain error; writes distributed.json"
-    try: state = Trainer.fit(self, resume)
+    try: state = Trainer.fit(self, resume, overwrite)
     except (RuntimeError, LauncherStop) as e:
         if not _is_comm_error(e): raise
         last = latest_checkpoint(self.out_dir) if self.out_dir else None
@@ -336,15 +336,17 @@ def fit(
     out_dir=None,                  # run folder (written by the first process); None: nothing written
     labels:list[str]|None=None,    # class names
     resume:bool=False,             # continue from the latest complete checkpoint in `out_dir`
+    head:str|torch.nn.Module='head', # the head (see `specft.train.fit`)
+    overwrite:bool=False,          # replace an earlier run's history and checkpoints in `out_dir`
 )->TrainState:                     # the final state; `model` holds the kept epoch's weights
     "`specft.train.fit`, data-parallel when launched by torchrun or accelerate launch"
     cfg, W = cfg or TrainConfig(), world_size()
     if resume and out_dir is not None: _check_world(latest_checkpoint(out_dir), W)
     for c in callbacks:
         if hasattr(c, 'attach'): c.attach(model, cfg)
-    if W == 1: return fit_one_process(model, train_loader, val_loader, cfg, callbacks, out_dir, labels, resume)
+    if W == 1: return fit_one_process(model, train_loader, val_loader, cfg, callbacks, out_dir, labels, resume, head, overwrite)
     if resume and out_dir is None: raise SpecftConfigError("resume=True needs the out_dir of the run to resume.")
-    return DistTrainer(model, train_loader, val_loader, cfg, callbacks, out_dir, labels).fit(resume)
+    return DistTrainer(model, train_loader, val_loader, cfg, callbacks, out_dir, labels, head).fit(resume, overwrite)
 
 # %% ../nbs/14_distributed.ipynb #a24fdc9d
 def backbone_config(model:torch.nn.Module):
