@@ -119,7 +119,8 @@ def main():
         cfg.out = str(tmp/'run')   # trained where `auto` says (a GPU if there is one); measured on the CPU below
         print(f'training {cfg.model} ...', flush=True); run_dir = run(cfg).run_dir
     pred = Predictor.load(run_dir, 'cpu')
-    data = prepare_data(saved_config(json.loads((run_dir/'run.json').read_text())['config']))
+    run_config = json.loads((run_dir/'run.json').read_text())['config']
+    data = prepare_data(saved_config(run_config))
     texts, y, labels = data.test['text'].tolist(), data.labels.encode(data.test['label']), pred.labels
     n1 = len(texts)
     rows, src_bytes = [], size_on_disk(run_dir/'model.safetensors')
@@ -155,8 +156,7 @@ def main():
     best = max(ok, key=lambda r: r['texts_per_s_b32'])
     ratio = best['texts_per_s_b32'] / rows[0]['texts_per_s_b32']
     result = {'command': ' '.join(['python bench/infer_latency.py', *sys.argv[1:]]), 'threads': a.threads,
-              'run_config': json.loads((run_dir/'run.json').read_text())['config'],
-              'model': json.loads((run_dir/'run.json').read_text())['config']['model'], 'n_test': len(texts),
+              'run_config': run_config, 'model': run_config['model'], 'n_test': len(texts),
               'rows': rows, 'int8_error_sources': sources, 'fastest_within_0.01_f1': best['variant'], 'ratio_vs_hf_pipeline': round(ratio, 2)}
     out = a.out or (None if a.quick else str(Path(__file__).parent/'infer_latency_results.json'))
     if out: Path(out).write_text(json.dumps(result, indent=2) + '\n')

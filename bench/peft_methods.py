@@ -34,7 +34,6 @@ def _one(job:dict)->dict:
         def on_train_begin(self, s): self.t = time.perf_counter()
         def on_epoch_end(self, s):
             now = time.perf_counter(); self.epochs.append(now - self.t); self.t = now
-        def on_evaluate(self, s): self.t_eval = time.perf_counter()
         def on_checkpoint(self, s, path):
             if self.opt_bytes is None: self.opt_bytes = (Path(path)/'optimizer.pt').stat().st_size
     m = Meter()
@@ -96,12 +95,13 @@ def main(argv=None):
     default = (Path(tempfile.mkdtemp(prefix='peft-quick-'))/'peft_results_quick.json' if a.quick   # never over committed results
                else Path(__file__).parent/f"peft_results{'_lr_sweep' if a.lr_sweep else ''}.json")
     out = Path(a.out) if a.out else default
-    done = [dict(r, workers=r.get('workers', json.loads(Path(f).read_text())['workers']), reused_from=str(f))
-            for f in a.reuse for r in json.loads(Path(f).read_text())['runs'] if r['method'] not in a.fresh]
-    def reused(cfg):
-        return next((r for r in done if all(r.get(k) == v for k, v in cfg.items())), None)
-    rows = [r for r in map(reused, (j['config'] for j in jobs)) if r is not None]
-    jobs = [j for j in jobs if reused(j['config']) is None]
+    done = []
+    for f in a.reuse:
+        saved = json.loads(Path(f).read_text())
+        done += [dict(r, workers=r.get('workers', saved['workers']), reused_from=str(f)) for r in saved['runs'] if r['method'] not in a.fresh]
+    found = [next((r for r in done if all(r.get(k) == v for k, v in j['config'].items())), None) for j in jobs]
+    rows = [r for r in found if r is not None]
+    jobs = [j for j, r in zip(jobs, found) if r is None]
     for r in rows: print(f"{r['method']:8s} lr {r['lr']:.0e} seed {r['seed']}: taken from {r['reused_from']}", flush=True)
     t0 = time.time()
     with mp.get_context('spawn').Pool(max(1, min(a.workers, len(jobs))), maxtasksperchild=1) as pool:
@@ -123,8 +123,8 @@ def main(argv=None):
         res['chosen_lr'] = {m: max(d, key=lambda lr: statistics.fmean(d[lr])) for m, d in val.items()}
         print('chosen on validation macro-F1:', res['chosen_lr'])
     else:
-        rows.sort(key=lambda r: (a.methods.index(r['method']), r['seed']))
-        res.update(runs=rows, summary=_summary(rows, a.methods))
+        rows.sort(key=lambda r: (a.methods.index(r['method']), r['seed']))   # res['runs'] is this list
+        res['summary'] = _summary(rows, a.methods)
     out.write_text(json.dumps(res, indent=1))
     print(f'wrote {out}')
 
