@@ -120,14 +120,16 @@ def read_texts(path:str, text_col:str='text')->list[str]:
 def _train(a, argv):
     "specft train: the settings (on --resume, the run's), the run folder's name, the run, and its results"
     from specft.train import ProgressBar
-    from specft.distributed import init_distributed, on_main, is_main, MemoryReport
+    from specft.distributed import init_distributed, finish_distributed, on_main, is_main, MemoryReport
     cfg = config_from_args(a)
     init_distributed(cfg.device)   # under torchrun: join the other processes; they all take the first one's run folder
     if cfg.resume: cfg = resume_settings(cfg, typed_fields(argv))
     if not cfg.out: cfg = dataclasses.replace(cfg, out=str(on_main(default_run_dir, cfg)))
     a.out = cfg.out   # for an internal error's error.log
     res = run(cfg, callbacks=[ProgressBar(), MemoryReport(cfg.batch_size, cfg.max_len, show=lambda s: print(s, file=sys.stderr))])
-    if not is_main(): return
+    main = is_main()
+    finish_distributed()   # the processes leave together (an error leaves at once, through the exception)
+    if not main: return
     print(res.table().to_string())
     print(f"\nepoch kept: {res.metrics['best_epoch']} ({kept_by(cfg.select_metric)}); test rows: {res.metrics['n_test']}")
     print(f"run folder: {res.run_dir}")

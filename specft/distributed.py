@@ -24,10 +24,10 @@ from .train import fit as fit_one_process
 from .evaluate import compute_metrics
 
 # %% auto #0
-__all__ = ['PAD', 'WRITERS', 'DistInfo', 'launch_env', 'check_accelerate', 'LauncherStop', 'init_distributed', 'world_size',
-           'rank', 'is_main', 'on_main', 'shard_batches', 'ShardedBatchSampler', 'shard_loader', 'DistTrainer',
-           'all_sum', 'pairs_of', 'checkpoint_world', 'fit', 'backbone_config', 'activation_bytes', 'estimate_memory',
-           'mb', 'LiveBytes', 'MemoryReport', 'enable_grad_checkpointing']
+__all__ = ['PAD', 'WRITERS', 'DistInfo', 'launch_env', 'check_accelerate', 'LauncherStop', 'init_distributed',
+           'finish_distributed', 'world_size', 'rank', 'is_main', 'on_main', 'shard_batches', 'ShardedBatchSampler',
+           'shard_loader', 'DistTrainer', 'all_sum', 'pairs_of', 'checkpoint_world', 'fit', 'backbone_config',
+           'activation_bytes', 'estimate_memory', 'mb', 'LiveBytes', 'MemoryReport', 'enable_grad_checkpointing']
 
 # %% ../nbs/14_distributed.ipynb #6c1bc446
 @dataclass
@@ -89,6 +89,12 @@ def init_distributed(
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _on_sigterm)   # a plain error, not a silent death, when the launcher stops us
     return DistInfo(dist.get_rank(), dist.get_world_size(), info.local_rank, dist.get_backend())
+
+def finish_distributed():
+    "After a run that ended well: wait for every process, then leave the group, so gloo's and NCCL's threads stop before exit"
+    if not (dist.is_available() and dist.is_initialized()): return   # alone: nothing to leave
+    try: dist.barrier()
+    finally: dist.destroy_process_group()   # a process that exits while they run may abort (SIGABRT)
 
 def world_size()->int:
     "Processes in the run (1 outside a launcher)"

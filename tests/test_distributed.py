@@ -36,7 +36,7 @@ from safetensors.torch import save_model
 from specft.batch import make_loader
 from specft.model import build_classifier
 from specft.train import TrainConfig
-from specft.distributed import fit, init_distributed, is_main
+from specft.distributed import finish_distributed, fit, init_distributed, is_main
 
 def rows(n, seed):
     "Token ids of random length whose label is a function of the first token"
@@ -56,6 +56,7 @@ def train(out, grad_accum):
                       log_every=1)
     fit(clf, make_loader(ids, y, 4, 0, shuffle=True, seed=0), make_loader(vids, vy, 8, 0), cfg, out_dir=out)
     if is_main(): save_model(clf, f'{out}/final.safetensors')
+    finish_distributed()
 
 if __name__ == '__main__': train(sys.argv[1], int(sys.argv[2]))
 '''
@@ -182,3 +183,13 @@ def test_cli_flag_and_memory_lines(tmp_path, capsys):
     err = capsys.readouterr().err
     assert 'memory estimate (batch 16 x 32 tokens, fp32, cpu): weights' in err and 'memory measured: peak' in err
     assert json.loads((out/'run.json').read_text())['config']['grad_checkpointing'] is True
+
+def test_finish_distributed_leaves_the_group(tmp_path):
+    "After a run the process leaves its group: a gloo group whose threads outlive the interpreter can abort the exit"
+    import torch.distributed as dist
+    from specft.distributed import finish_distributed, world_size
+    finish_distributed()   # alone: nothing to leave, no error
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/store', rank=0, world_size=1)
+    try: assert dist.is_initialized() and world_size() == 1 and dist.get_backend() == 'gloo'
+    finally: finish_distributed()
+    assert not dist.is_initialized()
