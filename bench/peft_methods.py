@@ -3,7 +3,8 @@ drug reviews (rating task), seeds 0 1 2, each run paired with the TF-IDF baselin
 
 Per run: test accuracy and macro-F1 (and the baseline's), trainable parameters (count and % of the model), seconds
 per epoch, peak memory (RSS on the CPU, `torch.cuda.max_memory_allocated` on a GPU), the optimizer state's size (the
-first checkpoint's optimizer.pt) and the weights the run folder keeps (model.safetensors). Every run is a fresh
+first checkpoint's optimizer.pt) and the weights the run folder keeps (peft.safetensors, or model.safetensors for
+full and head-only runs). Every run is a fresh
 process, so peak memory is its own. `--lr-sweep` instead picks each PEFT method's learning rate on the VALIDATION
 split (macro-F1 of the kept epoch, mean over the seeds given), never on the test split.
 
@@ -42,7 +43,8 @@ def _one(job:dict)->dict:
     with tempfile.TemporaryDirectory() as d:
         r = run(RunConfig(out=f'{d}/run', **job['config']), callbacks=[m])
         info = json.loads((r.run_dir/'run.json').read_text())
-        weights = (r.run_dir/'model.safetensors').stat().st_size
+        kept = r.run_dir/'peft.safetensors'   # a PEFT run keeps its method's weights and the head; the others, the model
+        weights = (kept if kept.is_file() else r.run_dir/'model.safetensors').stat().st_size
         folder = sum(p.stat().st_size for p in r.run_dir.rglob('*') if p.is_file())
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     p = info['params']

@@ -17,13 +17,13 @@ from .model import FastDropout, Classifier, build_classifier, count_params, enco
 from .train import Callback
 
 # %% auto #0
-__all__ = ['PEFT_METHODS', 'ADAPTER_KINDS', 'PEFT_MARKERS', 'STATE_MARKERS', 'BERT_FAMILY', 'PEFT_PREFIX', 'PeftSettings',
-           'split_targets', 'LoRALinear', 'merge', 'unmerge', 'is_peft_name', 'find_targets', 'mark_trainable',
-           'apply_lora', 'lora_layers', 'merge_to_plain', 'Bottleneck', 'AdapterOutput', 'apply_adapters',
-           'PrefixEncoder', 'apply_prefix', 'AdaLoRALinear', 'apply_adalora', 'adalora_layers', 'budget',
-           'AdaLoRABudget', 'adalora_ranks', 'plot_adalora', 'peft_callbacks', 'weights_sha256', 'apply_peft',
-           'peft_state_dict', 'build_peft_classifier', 'save_peft', 'peft_record', 'load_peft', 'export_peft',
-           'export_merged', 'is_peft_adapter', 'import_peft']
+__all__ = ['PEFT_METHODS', 'ADAPTER_KINDS', 'PEFT_MARKERS', 'STATE_MARKERS', 'BERT_FAMILY', 'PEFT_WEIGHTS', 'PEFT_PREFIX',
+           'PeftSettings', 'split_targets', 'LoRALinear', 'merge', 'unmerge', 'is_peft_name', 'find_targets',
+           'mark_trainable', 'apply_lora', 'lora_layers', 'merge_to_plain', 'Bottleneck', 'AdapterOutput',
+           'apply_adapters', 'PrefixEncoder', 'apply_prefix', 'AdaLoRALinear', 'apply_adalora', 'adalora_layers',
+           'budget', 'AdaLoRABudget', 'adalora_ranks', 'plot_adalora', 'peft_callbacks', 'weights_sha256', 'apply_peft',
+           'peft_state_dict', 'build_peft_classifier', 'save_peft', 'peft_record', 'peft_weights', 'load_peft',
+           'export_peft', 'export_merged', 'is_peft_adapter', 'import_peft']
 
 # %% ../nbs/07_peft.ipynb #a3bbbbf1
 PEFT_METHODS = ('lora', 'adalora', 'adapter', 'prefix')
@@ -465,6 +465,8 @@ def build_peft_classifier(
     return apply_peft(clf, settings), tok, info
 
 # %% ../nbs/07_peft.ipynb #094b7052
+PEFT_WEIGHTS = 'peft.safetensors'   # not model.safetensors: transformers must not take this folder for a whole model
+
 def save_peft(
     clf:Classifier,   # a classifier with a PEFT method applied
     tokenizer,        # its tokenizer
@@ -472,13 +474,13 @@ def save_peft(
     labels:list[str], # label names in id order
     info:dict,        # the record of `build_peft_classifier`
 )->Path:
-    "Write config.json (with the PEFT record), the PEFT and head weights, and the tokenizer to `out_dir`"
+    "Write config.json (with the PEFT record), the PEFT and head weights (peft.safetensors), and the tokenizer to `out_dir`"
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     config = copy.deepcopy(clf.backbone.config)
     config.id2label = {i: str(l) for i, l in enumerate(labels)}; config.label2id = {str(l): i for i, l in enumerate(labels)}
     config.specft = dict(pooling=clf.pooling, num_labels=clf.num_labels, dropout=clf.dropout.p, peft=info)
     config.save_pretrained(out)
-    save_file({k: v.contiguous() for k, v in peft_state_dict(clf).items()}, str(out/'model.safetensors'))
+    save_file({k: v.contiguous() for k, v in peft_state_dict(clf).items()}, str(out/PEFT_WEIGHTS))
     tokenizer.save_pretrained(out)
     return out
 
@@ -486,6 +488,13 @@ def peft_record(run_dir:str|Path)->dict|None:
     "The PEFT record in the config.json of `run_dir`, or None for a run without PEFT"
     f = Path(run_dir)/'config.json'
     return json.loads(f.read_text()).get('specft', {}).get('peft') if f.is_file() else None
+
+def peft_weights(run_dir:str|Path)->Path:
+    "The file of a PEFT run's weights (the method's and the head's), or a `SpecftModelError` that says what is missing"
+    f = Path(run_dir)/PEFT_WEIGHTS
+    if f.is_file(): return f
+    old = " (specft 0.1 runs kept them in model.safetensors: rename that file)" if (Path(run_dir)/'model.safetensors').is_file() else ""
+    raise SpecftModelError(f"{run_dir} is a PEFT run but holds no {PEFT_WEIGHTS}{old}. Copy the whole run folder.")
 
 def load_peft(
     run_dir:str|Path, # a folder written by `save_peft`
@@ -501,10 +510,10 @@ def load_peft(
                                "trained on, or train again on this one.")
     clf.dropout.p = spec.get('dropout', clf.dropout.p)
     apply_peft(clf, PeftSettings(**rec['settings']))
-    saved = load_file(str(run_dir/'model.safetensors'))
+    saved = load_file(str(peft_weights(run_dir)))
     want = set(peft_state_dict(clf))
     if want != set(saved):
-        raise SpecftModelError(f"{run_dir/'model.safetensors'} does not match its method {rec['settings']['method']}: "
+        raise SpecftModelError(f"{run_dir/PEFT_WEIGHTS} does not match its method {rec['settings']['method']}: "
                                f"missing {sorted(want - set(saved))[:3]}, unexpected {sorted(set(saved) - want)[:3]}. "
                                "The folder is damaged or from another specft version; train again.")
     clf.load_state_dict(saved, strict=False)
@@ -544,7 +553,7 @@ def export_peft(
                                 "full, LoRA or AdaLoRA run, or the run folder itself.")
     s, spec = rec['settings'], json.loads((Path(run_dir)/'config.json').read_text())
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    saved = load_file(str(Path(run_dir)/'model.safetensors'))
+    saved = load_file(str(peft_weights(run_dir)))
     common = dict(task_type=None, base_model_name_or_path=str(model_source(rec['backbone'])), lora_alpha=s['lora_alpha'],
                   lora_dropout=s['lora_dropout'], target_modules=split_targets(s['lora_targets']), modules_to_save=['head'],
                   bias='none', fan_in_fan_out=False, init_lora_weights=True, inference_mode=True)

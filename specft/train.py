@@ -404,6 +404,7 @@ class Trainer:
         self._window = [0.0, 0]        # loss sum and steps since the last log step
         self._bad_step = None          # the first step whose loss was not finite (a tensor on the device)
         self._body_group = next((i for i, g in enumerate(self.optimizer.param_groups) if g['initial_lr'] == cfg.lr), 0)
+        self._trainable = [(p, p.requires_grad) for p in model.parameters()]   # gradual unfreezing thaws only these
 
     def _find_head(self)->torch.nn.Module|None:
         "The head module, or None; warns when `head_lr_scale` finds no head to scale, refuses gradual unfreezing without one"
@@ -602,9 +603,8 @@ def _unfreeze(self:Trainer, epoch:int):
     k = self.cfg.gradual_unfreeze
     if not k: return
     layers = _sibling('model').encoder_layers(self.model); n = (epoch - 1) * k
-    for p in self.model.parameters(): p.requires_grad_(n >= len(layers))
-    for m in [self.head] + (layers[len(layers) - n:] if n else []):
-        for p in m.parameters(): p.requires_grad_(True)
+    thawed = {id(p) for m in [self.head] + (layers[len(layers) - n:] if n else []) for p in m.parameters()}
+    for p, was in self._trainable: p.requires_grad_(was and (n >= len(layers) or id(p) in thawed))
 
 # %% ../nbs/06_train.ipynb #c125fa0f
 def _rng_state()->dict:
@@ -779,16 +779,19 @@ def fit(self:Trainer, resume:bool=False, overwrite:bool=False)->TrainState:
     first, skip, rng = self._start(resume, overwrite)
     s = self.state
     self.emit('on_train_begin')
-    for epoch in range(first, self.cfg.epochs + 1):
-        if s.should_stop: break
-        done = self.run_epoch(epoch, skip, rng); skip, rng = 0, None
-        if not done:                       # stopped mid-epoch: validate the weights kept, unless an epoch's are
-            if self.val_loader is not None and (s.select_metric == 'last' or self.kept_weights is None): self.evaluate()
-            for c in self.callbacks:
-                if isinstance(c, Checkpointer): c.save(s)
-            break
-        if self.val_loader is not None: self.evaluate()
-        self.emit('on_epoch_end')
+    try:
+        for epoch in range(first, self.cfg.epochs + 1):
+            if s.should_stop: break
+            done = self.run_epoch(epoch, skip, rng); skip, rng = 0, None
+            if not done:                   # stopped mid-epoch: validate the weights kept, unless an epoch's are
+                if self.val_loader is not None and (s.select_metric == 'last' or self.kept_weights is None): self.evaluate()
+                for c in self.callbacks:
+                    if isinstance(c, Checkpointer): c.save(s)
+                break
+            if self.val_loader is not None: self.evaluate()
+            self.emit('on_epoch_end')
+    finally:
+        for p, was in self._trainable: p.requires_grad_(was)   # gradual unfreezing's flags, given back
     self.check_finite()
     if self.kept_weights is not None: self.model.load_state_dict(self.kept_weights)
     self.emit('on_train_end')

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest, torch
 from torch import nn
 from safetensors.torch import load_file
+from transformers import AutoModel
 from specft.core import SpecftConfigError, SpecftModelError
 from specft.model import build_classifier, count_params
 from specft.peft import (PeftSettings, apply_lora, build_peft_classifier, export_peft, find_targets, import_peft,
@@ -87,7 +88,7 @@ def test_run_folder_small_and_backbone_hash_checked(tiny, tmp_path):
     _, _, xb = tiny
     lclf, tok, info = trained_lora()
     save_peft(lclf, tok, tmp_path, LABELS, info)
-    saved = load_file(str(tmp_path/'model.safetensors'))
+    saved = load_file(str(tmp_path/'peft.safetensors'))
     assert set(saved) == set(peft_state_dict(lclf)) and not any('.base.' in k for k in saved)
     back, _ = load_peft(tmp_path)
     with torch.no_grad(): assert torch.equal(back(**xb), lclf(**xb))
@@ -174,8 +175,10 @@ np.save(sys.argv[2], Predictor.load(sys.argv[1], device='cpu').predict_proba(sys
 def test_lora_run_folder_small_and_fresh_process_bit_identical(tmp_path):
     r = run(RunConfig(method='lora', out=str(tmp_path/'run'), **QUICK))
     d = r.run_dir
-    saved = load_file(str(d/'model.safetensors'))
+    saved = load_file(str(d/'peft.safetensors'))
     assert saved and all('lora_' in k or k.startswith('head.') for k in saved)
+    assert not (d/'model.safetensors').exists()   # transformers refuses the folder instead of loading a random backbone
+    with pytest.raises(OSError, match='model.safetensors'): AutoModel.from_pretrained(d)
     rec = json.loads((d/'config.json').read_text())['specft']['peft']
     assert rec['backbone'] == 'tiny' and len(rec['backbone_sha256']) == 64 and rec['settings']['method'] == 'lora'
     info = json.loads((d/'run.json').read_text())
@@ -205,7 +208,7 @@ def test_kill_and_resume_is_exact(tmp_path, method):
     ref = run(RunConfig(out=str(tmp_path/'a'), **kw))
     with pytest.raises(KeyboardInterrupt): run(RunConfig(out=str(tmp_path/'b'), **kw), callbacks=[Crash(ref.state.total_steps - 2)])
     res = run(RunConfig(out=str(tmp_path/'b'), resume=True))
-    a, b = load_file(str(tmp_path/'a/model.safetensors')), load_file(str(tmp_path/'b/model.safetensors'))
+    a, b = load_file(str(tmp_path/'a/peft.safetensors')), load_file(str(tmp_path/'b/peft.safetensors'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert res.metrics['macro_f1'] == ref.metrics['macro_f1'] and res.y_pred == ref.y_pred
 

@@ -104,6 +104,25 @@ def test_gradual_unfreeze_and_layer_decay_on_a_foreign_head():
         == pytest.approx([3e-3, 1.5e-3, 7.5e-4]) and lrs['classifier.weight'] == pytest.approx(3e-2)
     t.fit()
 
+def test_gradual_unfreeze_keeps_frozen_weights_frozen_and_resumes_in_the_same_process(tmp_path):
+    "A weight the caller froze stays frozen; fit gives every requires_grad flag back, interrupted or not, so the same model object resumes to the uninterrupted run's weights"
+    cfg = TrainConfig(epochs=3, gradual_unfreeze=1, **QUICK)
+    def frozen_bert():
+        m = bert(); m.bert.embeddings.word_embeddings.weight.requires_grad_(False); return m
+    flags = {n: p.requires_grad for n, p in frozen_bert().named_parameters()}
+    ref = frozen_bert(); emb = ref.bert.embeddings.word_embeddings.weight.detach().clone()
+    fit(ref, dict_loader(), None, cfg, head='classifier')
+    assert torch.equal(ref.bert.embeddings.word_embeddings.weight, emb)   # epoch 3 thaws everything else, not this
+    assert {n: p.requires_grad for n, p in ref.named_parameters()} == flags
+    class CrashAt(Callback):
+        def on_step_end(self, s):
+            if s.step == 8: raise KeyboardInterrupt   # in epoch 2 (6 steps an epoch): the head and layer 1 train
+    m = frozen_bert()
+    with pytest.raises(KeyboardInterrupt): fit(m, dict_loader(), None, cfg, [CrashAt()], out_dir=tmp_path, head='classifier')
+    assert {n: p.requires_grad for n, p in m.named_parameters()} == flags
+    fit(m, dict_loader(), None, cfg, out_dir=tmp_path, head='classifier', resume=True)
+    for (n, a), b in zip(ref.named_parameters(), m.parameters()): assert torch.allclose(a, b, atol=1e-6), n
+
 # --- any task --------------------------------------------------------------------------------------------------------
 
 class Regressor(nn.Module):
