@@ -407,7 +407,7 @@ def export_run(
     texts, y = data.test['text'].tolist(), data.labels.encode(data.test['label'])
     cost = parity(teacher.predict_proba(texts), load_deployed(out, 'cpu').predict_proba(texts), y, teacher.labels)
     spec.update(cost={**cost, 'n': len(texts)}, size_bytes=size_on_disk(out/spec['weights']),
-                source_bytes=size_on_disk(src/'model.safetensors'))
+                source_bytes=size_on_disk(src/'model.safetensors') or size_on_disk(src/'peft.safetensors'))   # a PEFT run: its adapter
     (out/'deploy.json').write_text(json.dumps(spec, indent=2))
     ref = reference_of(data.train['text'].tolist(), data.labels.encode(data.train['label']), teacher.labels, teacher.tok,
                        teacher.prep['max_len'])

@@ -110,6 +110,7 @@ def test_lora_run_exports_merged_onnx_and_peft(tmp_path):
     for fmt in ('merged', 'onnx'):
         spec = export_run(res.run_dir, tmp_path/fmt, fmt, device='cpu')
         assert spec['cost']['agreement'] == 1.0, (fmt, spec['cost'])
+        assert spec['source_bytes'] == (res.run_dir/'peft.safetensors').stat().st_size   # the run's own weights
         np.testing.assert_allclose(load_deployed(tmp_path/fmt, 'cpu').predict_proba(texts), P, atol=1e-4)
     assert main(['export', str(res.run_dir), '--format', 'peft', '--out', str(tmp_path/'adapter')]) == 0
     assert json.loads((tmp_path/'adapter'/'adapter_config.json').read_text())['peft_type'] == 'LORA'
