@@ -19,7 +19,7 @@ from fastcore.basics import patch
 from transformers import PreTrainedModel
 from .core import SpecftError, SpecftConfigError, SpecftTrainingError, get_device, choose_precision, set_seed
 from .train import (TrainConfig, TrainState, Trainer, Callback, Checkpointer, HistoryLogger, ProgressBar,
-                          TensorBoardLogger, latest_checkpoint, predict_with_labels)
+                          TensorBoardLogger, latest_checkpoint, predict_with_labels, _rng_state, _set_rng_state)
 from .train import fit as fit_one_process
 from .evaluate import compute_metrics
 
@@ -352,7 +352,9 @@ def fit(
         if hasattr(c, 'attach'): c.attach(model, cfg)
     if W == 1: return fit_one_process(model, train_loader, val_loader, cfg, callbacks, out_dir, labels, resume, head, overwrite)
     if resume and out_dir is None: raise SpecftConfigError("resume=True needs the out_dir of the run to resume.")
-    return DistTrainer(model, train_loader, val_loader, cfg, callbacks, out_dir, labels, head).fit(resume, overwrite)
+    caller_rng = _rng_state()   # as in specft.train.fit: the run seeds the global generators; the caller gets them back
+    try: return DistTrainer(model, train_loader, val_loader, cfg, callbacks, out_dir, labels, head).fit(resume, overwrite)
+    finally: _set_rng_state(caller_rng)
 
 # %% ../nbs/14_distributed.ipynb #a24fdc9d
 def backbone_config(model:torch.nn.Module):

@@ -54,7 +54,9 @@ def train(out, grad_accum):
     (ids, y), (vids, vy) = rows(44, 0), rows(16, 1)
     cfg = TrainConfig(epochs=2, lr=1e-3, device='cpu', precision='fp32', grad_accum=grad_accum, class_weights='auto',
                       log_every=1)
+    torch.manual_seed(123); caller = torch.get_rng_state()
     fit(clf, make_loader(ids, y, 4, 0, shuffle=True, seed=0), make_loader(vids, vy, 8, 0), cfg, out_dir=out)
+    assert torch.equal(torch.get_rng_state(), caller), 'fit did not give the caller its generator back'
     if is_main(): save_model(clf, f'{out}/final.safetensors')
     finish_distributed()
 
