@@ -11,7 +11,7 @@ import torch
 from .errors import SpecftError, SpecftDataError, SpecftConfigError, SpecftModelError, SpecftTrainingError
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'get_device', 'cpu_has_bf16', 'choose_precision', 'autocast_dtype', 'set_seed', 'repo_root', 'md_table']
+__all__ = ['PRECISIONS', 'get_device', 'repo_root', 'cpu_has_bf16', 'choose_precision', 'autocast_dtype', 'set_seed', 'md_table']
 
 # %% ../nbs/00_core.ipynb #23265b62
 def get_device(
@@ -26,6 +26,12 @@ def get_device(
     if device != 'cpu' and not device.startswith('cuda'):
         raise SpecftConfigError(f"unknown device '{device}'; use auto, cpu or cuda.")
     return torch.device(device)
+
+# %% ../nbs/00_core.ipynb #c0791958
+def repo_root(start=None)->Path|None:
+    "The nearest folder at or above `start` (default: the working directory) that holds settings.ini, else None"
+    here = Path(start or Path.cwd()).resolve()
+    return next((d for d in (here, *here.parents) if (d/'settings.ini').is_file()), None)
 
 # %% ../nbs/00_core.ipynb #bde9e86b
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
@@ -61,12 +67,6 @@ def set_seed(seed:int)->None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
-
-# %% ../nbs/00_core.ipynb #c0791958
-def repo_root(start=None)->Path|None:
-    "The nearest folder at or above `start` (default: the working directory) that holds settings.ini, else None"
-    here = Path(start or Path.cwd()).resolve()
-    return next((d for d in (here, *here.parents) if (d/'settings.ini').is_file()), None)
 
 # %% ../nbs/00_core.ipynb #314007d0
 def md_table(

@@ -21,10 +21,10 @@ from .core import SpecftConfigError, SpecftModelError
 
 # %% auto #0
 __all__ = ['MINILM', 'TINY', 'POOLINGS', 'METHODS', 'MINILM_INSTALL', 'minilm_path', 'model_source', 'quiet_progress',
-           'load_tokenizer', 'mean_pool', 'cls_pool', 'pool', 'drop_pooler', 'Classifier', 'dropout_mask',
-           'fast_dropout', 'FastDropout', 'specft_attention', 'use_fast_dropout', 'tiny_config', 'load_backbone',
-           'build_classifier', 'count_params', 'param_table', 'freeze', 'encoder_layers', 'classifier_state',
-           'load_classifier_state', 'save_classifier', 'read_labels', 'load_classifier']
+           'load_tokenizer', 'mean_pool', 'cls_pool', 'pool', 'drop_pooler', 'Classifier', 'tiny_config',
+           'load_backbone', 'build_classifier', 'count_params', 'param_table', 'freeze', 'encoder_layers',
+           'classifier_state', 'load_classifier_state', 'save_classifier', 'read_labels', 'load_classifier',
+           'dropout_mask', 'fast_dropout', 'FastDropout', 'specft_attention', 'use_fast_dropout']
 
 # %% ../nbs/05_model.ipynb #93496824
 MINILM = 'minilm'  # the bundled all-MiniLM-L6-v2
@@ -138,63 +138,6 @@ class Classifier(nn.Module):
     def forward(self, input_ids:torch.Tensor, attention_mask:torch.Tensor)->torch.Tensor:
         "Float32 logits [B, num_labels]"
         return self.head(self.dropout(self.embed(input_ids, attention_mask))).float()
-
-# %% ../nbs/05_model.ipynb #89de8acd
-def dropout_mask(
-    x:torch.Tensor, # the activations the mask is for (only shape and device are used)
-    p:float,        # probability of dropping an element
-)->torch.Tensor:    # bool, shaped like x: True = keep
-    "A keep-mask for dropout: two 32-bit draws per 64-bit random integer, kept when >= round(p 2^32) - 2^31"
-    n = x.numel()
-    bits = torch.empty((n + 1) // 2, dtype=torch.int64, device=x.device).random_(-2**63, None)
-    return bits.view(torch.int32)[:n].view(x.shape) >= round(p * 2**32) - 2**31
-
-def fast_dropout(
-    x:torch.Tensor,     # activations
-    p:float=0.5,        # probability of dropping an element
-    training:bool=True, # False: return x unchanged
-)->torch.Tensor:
-    "`F.dropout(x, p, training)`, with the mask drawn by `dropout_mask` on the CPU"
-    if not 0.0 <= p <= 1.0: raise SpecftConfigError(f"dropout probability must be between 0 and 1, got {p}.")
-    if not training or p == 0.0: return x
-    if x.device.type != 'cpu' or p == 1.0: return F.dropout(x, p, training)
-    return x * (dropout_mask(x, p) * (1 / (1 - p))).to(x.dtype)
-
-class FastDropout(nn.Dropout):
-    "`nn.Dropout` that draws its mask with `fast_dropout`"
-    def forward(self, x:torch.Tensor)->torch.Tensor: return fast_dropout(x, self.p, self.training)
-
-# %% ../nbs/05_model.ipynb #520ee7a7
-def specft_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    "transformers attention with `fast_dropout` on the weights while training on the CPU; `sdpa` otherwise"
-    plain = (dropout > 0 and query.device.type == 'cpu' and key.shape[1] == query.shape[1]
-             and not getattr(module, 'is_causal', False) and not kwargs.get('sliding_window') and not kwargs.get('softcap'))
-    if not plain:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-    w = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
-    if attention_mask is not None:   # sdpa masks: bool (True = attend) or additive float
-        w = w.masked_fill(~attention_mask, torch.finfo(w.dtype).min) if attention_mask.dtype == torch.bool else w + attention_mask
-    w = fast_dropout(w.softmax(-1), dropout)
-    return torch.matmul(w, value).transpose(1, 2).contiguous(), None
-
-def _register_attention():
-    "Make 'specft' a transformers attention implementation (its mask: sdpa's); done by `use_fast_dropout`, not on import"
-    AttentionInterface.register('specft', specft_attention)
-    AttentionMaskInterface.register('specft', sdpa_mask)
-
-def use_fast_dropout(
-    model:nn.Module, # any model; transformers backbones inside it also get the 'specft' attention
-)->nn.Module:        # the same model, changed in place
-    "Swap each `nn.Dropout` in `model` for `FastDropout`, and its `sdpa` attention for 'specft'"
-    _register_attention()
-    for mod in model.modules():
-        for name, child in mod.named_children():
-            if type(child) is nn.Dropout: setattr(mod, name, FastDropout(child.p).train(child.training))
-    for mod in model.modules():
-        if isinstance(mod, PreTrainedModel) and mod.config._attn_implementation == 'sdpa':
-            try: mod.set_attn_implementation('specft')
-            except (ValueError, NotImplementedError): pass   # an architecture that takes only its own kernels
-    return model
 
 # %% ../nbs/05_model.ipynb #bfd52c85
 def tiny_config(vocab_size:int=30522, pad_token_id:int=0)->BertConfig:
@@ -333,3 +276,60 @@ def load_classifier(
                      spec['pooling'], spec.get('dropout', 0.1))
     load_classifier_state(clf, run_dir/'model.safetensors')
     return clf.eval(), AutoTokenizer.from_pretrained(run_dir, trust_remote_code=False)
+
+# %% ../nbs/05_model.ipynb #89de8acd
+def dropout_mask(
+    x:torch.Tensor, # the activations the mask is for (only shape and device are used)
+    p:float,        # probability of dropping an element
+)->torch.Tensor:    # bool, shaped like x: True = keep
+    "A keep-mask for dropout: two 32-bit draws per 64-bit random integer, kept when >= round(p 2^32) - 2^31"
+    n = x.numel()
+    bits = torch.empty((n + 1) // 2, dtype=torch.int64, device=x.device).random_(-2**63, None)
+    return bits.view(torch.int32)[:n].view(x.shape) >= round(p * 2**32) - 2**31
+
+def fast_dropout(
+    x:torch.Tensor,     # activations
+    p:float=0.5,        # probability of dropping an element
+    training:bool=True, # False: return x unchanged
+)->torch.Tensor:
+    "`F.dropout(x, p, training)`, with the mask drawn by `dropout_mask` on the CPU"
+    if not 0.0 <= p <= 1.0: raise SpecftConfigError(f"dropout probability must be between 0 and 1, got {p}.")
+    if not training or p == 0.0: return x
+    if x.device.type != 'cpu' or p == 1.0: return F.dropout(x, p, training)
+    return x * (dropout_mask(x, p) * (1 / (1 - p))).to(x.dtype)
+
+class FastDropout(nn.Dropout):
+    "`nn.Dropout` that draws its mask with `fast_dropout`"
+    def forward(self, x:torch.Tensor)->torch.Tensor: return fast_dropout(x, self.p, self.training)
+
+# %% ../nbs/05_model.ipynb #520ee7a7
+def specft_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    "transformers attention with `fast_dropout` on the weights while training on the CPU; `sdpa` otherwise"
+    plain = (dropout > 0 and query.device.type == 'cpu' and key.shape[1] == query.shape[1]
+             and not getattr(module, 'is_causal', False) and not kwargs.get('sliding_window') and not kwargs.get('softcap'))
+    if not plain:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    w = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:   # sdpa masks: bool (True = attend) or additive float
+        w = w.masked_fill(~attention_mask, torch.finfo(w.dtype).min) if attention_mask.dtype == torch.bool else w + attention_mask
+    w = fast_dropout(w.softmax(-1), dropout)
+    return torch.matmul(w, value).transpose(1, 2).contiguous(), None
+
+def _register_attention():
+    "Make 'specft' a transformers attention implementation (its mask: sdpa's); done by `use_fast_dropout`, not on import"
+    AttentionInterface.register('specft', specft_attention)
+    AttentionMaskInterface.register('specft', sdpa_mask)
+
+def use_fast_dropout(
+    model:nn.Module, # any model; transformers backbones inside it also get the 'specft' attention
+)->nn.Module:        # the same model, changed in place
+    "Swap each `nn.Dropout` in `model` for `FastDropout`, and its `sdpa` attention for 'specft'"
+    _register_attention()
+    for mod in model.modules():
+        for name, child in mod.named_children():
+            if type(child) is nn.Dropout: setattr(mod, name, FastDropout(child.p).train(child.training))
+    for mod in model.modules():
+        if isinstance(mod, PreTrainedModel) and mod.config._attn_implementation == 'sdpa':
+            try: mod.set_attn_implementation('specft')
+            except (ValueError, NotImplementedError): pass   # an architecture that takes only its own kernels
+    return model
