@@ -12,9 +12,10 @@ from .errors import SpecftConfigError, SpecftDataError
 
 # %% auto #0
 __all__ = ['EMAIL', 'URL', 'IP_CANDIDATE', 'CARD', 'SSN', 'IBAN', 'ID_LABEL', 'LONG_NUMBER', 'PHONE', 'MONTH', 'DATE_WORDS',
-           'DATE_NUMERIC', 'PII_DETECTORS', 'PII_KINDS', 'PLACEHOLDERS', 'PII_FIXTURE_NAMES', 'luhn_ok', 'iban_ok',
-           'find_emails', 'find_urls', 'find_ips', 'find_cards', 'find_phones', 'find_ids', 'find_dates', 'find_names',
-           'placeholder', 'pii_kinds', 'find_pii', 'mask_pii', 'pii_fixture', 'score_pii', 'PiiAudit', 'mask_frame']
+           'DATE_NUMERIC', 'PII_DETECTORS', 'PII_KINDS', 'PLACEHOLDERS', 'PII_FIXTURE_NAMES', 'PII_FIXTURE_FILE',
+           'luhn_ok', 'iban_ok', 'find_emails', 'find_urls', 'find_ips', 'find_cards', 'find_phones', 'find_ids',
+           'find_dates', 'find_names', 'placeholder', 'pii_kinds', 'find_pii', 'mask_pii', 'pii_fixture_data',
+           'pii_fixture', 'score_pii', 'PiiAudit', 'mask_frame']
 
 # %% ../nbs/04_privacy.ipynb #f4c609d8
 def luhn_ok(digits:str)->bool:
@@ -186,103 +187,19 @@ def mask_pii(
 
 # %% ../nbs/04_privacy.ipynb #9e1a8d73
 PII_FIXTURE_NAMES = ['Jane Doe', 'Dr. Patel', 'Patel', 'Tom Becker', 'Maria Lopez', 'Ahmed', 'Kowalski', 'Sarah']
+PII_FIXTURE_FILE = 'pii_fixture.json'   # in the package, beside this module
 
-_FIXTURE_RECORDS = [  # segments: plain text, or (kind, value) at a span to find
-    # e-mail
-    ["If anyone wants to compare notes, write to me at ", ('email', 'jane.doe@example.com'), '.'],
-    ["My pharmacist (", ('email', 'r.smith@pharmacy-one.co.uk'), ") said the generic is the same."],
-    [('email', 'tom_b+meds@mailbox.org'), " - message me, I have been on 50 mg for 3 years."],
-    ["Contact ", ('email', 'SUPPORT@HELPLINE.INFO'), " if your refill is late, they helped me in 2 days."],
-    ["email: ", ('email', 'm.lopez1987@gmail.com'), " (happy to talk about the side effects)"],
-    # URLs
-    ["I kept a diary of my doses here: ", ('url', 'https://www.mydrugdiary.net/entries?user=77'), " if it helps anyone."],
-    ["See ", ('url', 'http://bit.ly/2xYzAbc'), " for the coupon, it cut the price to $35."],
-    ["Read the study at ", ('url', 'www.clinicaltrials-example.org/study/NCT0000'), ", it explains the 12 week results."],
-    ["My blog (", ('url', 'https://janes-migraine-journey.blogspot.com/2017/06/zomig.html'), ") has the whole story."],
-    # IP addresses
-    ["The clinic portal kept failing from ", ('ip', '192.168.0.12'), " so I called instead."],
-    ["Their server at ", ('ip', '10.0.0.254'), " was down for 2 days and I missed a dose."],
-    ["Logged in from ", ('ip', '2001:db8::ff00:42:8329'), " and the refill form still did not load."],
-    # phones
-    ["Call my doctor's office at ", ('phone', '(555) 123-4567'), " if you need the name of the specialist."],
-    ["Pharmacy number is ", ('phone', '555-867-5309'), ", they are open 24/7."],
-    ["You can reach the nurse line on ", ('phone', '555.201.7788'), " between 8:30 am and 5 pm."],
-    ["Text me on ", ('phone', '+1 415 555 0132'), ", I took 20 mg twice a day."],
-    ["UK readers: the helpline is ", ('phone', '+44 20 7946 0958'), " or ", ('phone', '020 7946 0958'), "."],
-    ["My Hausarzt is on ", ('phone', '+49 30 12345678'), ", in Berlin."],
-    ["Mobile ", ('phone', '0171 2345678'), " - call after work please."],
-    ["The manufacturer's hotline ", ('phone', '1-800-555-0199'), " sent me free samples."],
-    # cards and IDs
-    ["They charged my card ", ('card', '4111 1111 1111 1111'), " twice for one refill!"],
-    ["Paid with ", ('card', '5500-0000-0000-0004'), " and the 90 day supply arrived in a week."],
-    ["Amex ", ('card', '378282246310005'), " was declined, so the copay went on ", ('card', '6011111111111117'), "."],
-    ["My SSN ", ('id', '123-45-6789'), " was on the form, which worried me."],
-    ["Insurance refused: patient ID ", ('id', 'A1234567'), ", claim denied after 3 months."],
-    ["MRN: ", ('id', '00482913'), " if the hospital asks, the infusion was 100 ml over 1 hour."],
-    ["Policy number ", ('id', 'XK-99812'), " covers only 30 pills a month."],
-    ["Refund went to IBAN ", ('id', 'DE89 3704 0044 0532 0130 00'), " after 6 weeks."],
-    ["My UK account ", ('id', 'GB82WEST12345698765432'), " still shows the charge."],
-    ["Rx number ", ('id', '4482910'), " was transferred to the new pharmacy."],
-    ["Order ", ('id', '4111111111111112'), " never arrived, so I went 3 days without."],
-    ["My member ID is ", ('id', 'W123456789'), " and they still lost the prior authorisation."],
-    ["Reference ", ('id', '998877665544'), " for the complaint, filed in 2019."],
-    # dates
-    ["I started on ", ('date', 'March 3, 2017'), " and by week 2 the nausea was gone."],
-    ["First injection ", ('date', '3/14/2016'), ", second on ", ('date', '4/11/2016'), "."],
-    ["Surgery was on ", ('date', '2016-05-01'), ", I took this for the pain for 10 days."],
-    ["Diagnosed ", ('date', '14.02.2019'), " with bipolar disorder, 150 mg at night since then."],
-    ["Started taking it ", ('date', 'April 2017'), ". That month had period on white pill days."],
-    ["My last dose was on the ", ('date', '5th of May 2018'), " and I still feel dizzy."],
-    ["Appointment on ", ('date', '12 Jan 2020'), " to discuss increasing to 40 mg."],
-    ["On ", ('date', 'Jan. 5th'), " I switched back to the brand name."],
-    ["Born ", ('date', '07/04/1985'), ", 5'4\" and 140 lbs, and this pill made me gain 15 lb."],
-    ["It was ", ('date', 'December 24, 2012'), " when the rash started."],
-    # names (user-supplied list)
-    [('name', 'Dr. Patel'), " switched me to this after Lexapro failed."],
-    ["My husband ", ('name', 'Tom Becker'), " says I am calmer since week 3."],
-    ["Thanks to nurse ", ('name', 'Maria Lopez'), " for explaining the 0.5 mg starting dose."],
-    ["My daughter ", ('name', 'Sarah'), " (age 16) uses it for acne, 3-4 months now."],
-    [('name', 'Ahmed'), " at the pharmacy noticed the interaction with my 81 mg aspirin."],
-    ["Ask ", ('name', 'PATEL'), " about the samples; ", ('name', "Kowalski"), "'s office never called back."],
-    ["I am ", ('name', 'Jane Doe'), ", and I have taken 20mg for 2 years."],
-    # several kinds together
-    [('name', 'Jane Doe'), ", ", ('email', 'jane.doe@example.com'), ", ", ('phone', '(555) 123-4567'), ", seen on ", ('date', 'June 17, 2017'),
-     " by ", ('name', 'Dr. Patel'), "."],
-    ["Write to ", ('email', 'tom_b+meds@mailbox.org'), " or see ", ('url', 'https://example.com/tom'), "; card ",
-     ('card', '4111-1111-1111-1111'), " was billed on ", ('date', '2018-11-30'), "."],
-    # personal data the regexes are not built for (recall misses, kept on purpose)
-    ["Call me at ", ('phone', 'five five five, one two three, four five six seven'), " if you want to talk."],
-    ["My number is ", ('phone', '555 one two three 4567'), "."],
-]
-_FIXTURE_NEGATIVES = [  # numbers that are not personal data: anything masked here is a false positive
-    "I take 50 mg in the morning and 25 mg at night.", "After 2 weeks the headaches stopped.",
-    "I would give it 10/10, best thing I have tried.", "Rated 9 out of 10; took 3-4 months to work.",
-    "My blood pressure went from 160/100 to 120/80 in a month.", "1,000 mg of metformin twice a day since 2013.",
-    "Started at 0.5mg, now 1.5mg.", "My A1C dropped from 8.2 to 6.5 in 90 days.",
-    "Took 2 pills at 10 pm and slept 8 hours.", "It works 24/7, no breakthrough pain.",
-    "Lost 15 lb in 6 weeks, 200 lbs to 185 lbs.", "Version 2.0 of the app tracks doses.",
-    "The 90 day supply costs $35 with the coupon.", "From 20 to 40 mg over 3 weeks.",
-    "It took 30-45 minutes to kick in; effects last 4-6 hours.", "Phase 3 trial results were in 2015.",
-    "My CD4 count is 350 and viral load undetectable.", "Temperature was 98.6 F the whole time.",
-    "Blood sugar went from 180 to 110 within 2 days.", "Day 3 of 7 of the antibiotic course.",
-    "I'm 43, 5'6\" and 160 lbs.", "Dose went 100-150mcg, then 16-24mg of the other one.",
-    "May was pack 2, and June was better.", "I have been on it since 2008 and in 2012 I doubled it.",
-    "Year 1: 10 mg. Year 2: 20 mg. Year 3: 30 mg.", "Take 1 tablet every 4 to 6 hours, max 6 in 24 hours.",
-    "I got 3 refills of 30, so 90 pills, for 12.50 each.", "Scored 27 on the PHQ-9 before and 8 after.",
-    "Ratio 1:10 with water, 2-3 times a day.", "I wake at 6:30 and take it at 7:00 with food.",
-    "The 2nd week was the worst, by week 6 I felt normal.", "Of 1200 reviews, 85% were positive.",
-    "Dosage: 37.5 mg, 75 mg, then 150 mg.", "I use 2 puffs twice daily, 180 puffs per inhaler.",
-    "Between 2010 and 2014 I tried 5 different pills.", "My INR was 2.5 to 3.0 all of last year.",
-    "Saw results at 12 weeks; the study says 8-12 weeks.", "Pill number 28 is the placebo in a 28 day pack.",
-    "Three stars: 3/5, would not take again.", "Prescribed 1-2 tablets, up to 8 per day.",
-]
+def pii_fixture_data()->dict: # {'about': str, 'records': [segments], 'negatives': [str]}
+    "The fixture file as it is stored: texts written as segments, plain strings or [kind, value] pairs"
+    from importlib.resources import files
+    return json.loads(files(__package__ or 'specft').joinpath(PII_FIXTURE_FILE).read_text(encoding='utf-8'))
 
 # %% ../nbs/04_privacy.ipynb #27a99585
 def _fixture_record(segments:list, rid:int)->dict:
     "One fixture record from text segments and (kind, value) pairs, with the spans' offsets computed"
     text, spans = '', []
     for seg in segments:
-        if isinstance(seg, tuple):
+        if isinstance(seg, (list, tuple)):
             kind, value = seg
             spans.append({'start': len(text), 'end': len(text) + len(value), 'kind': kind, 'value': value})
             text += value
@@ -291,7 +208,8 @@ def _fixture_record(segments:list, rid:int)->dict:
 
 def pii_fixture()->list[dict]: # {'id', 'text', 'spans': [{'start', 'end', 'kind', 'value'}], 'names'} per text
     "Annotated review-like texts for measuring the PII detectors: personal data at known spans, and hard negatives"
-    segments = _FIXTURE_RECORDS + [[t] for t in _FIXTURE_NEGATIVES] + [['Missed calls from Jane and Patrick.']]
+    data = pii_fixture_data()
+    segments = data['records'] + [[t] for t in data['negatives']]
     return [_fixture_record(seg, i) for i, seg in enumerate(segments, 1)]
 
 # %% ../nbs/04_privacy.ipynb #816fb9d9
