@@ -27,12 +27,13 @@ __all__ = ['check_folds', 'cv_folds', 'cv_pool', 'fold_parts', 'fit_member', 'CV
 
 # %% ../nbs/13_custom.ipynb #fb303670
 def check_folds(
-    y,          # the labels of the rows to split
+    y,          # the labels of the rows to split; None: check only that `folds` is a number of folds
     folds:int,  # K, the number of folds
 )->int:         # `folds`, if every fold can hold a row of each label
     "Raise `SpecftConfigError` unless stratified K-fold can put a row of every label of `y` in each of `folds` folds"
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
         raise SpecftConfigError(f"--folds must be a whole number of at least 2 (5 is usual; 3 when training is slow), got {folds!r}.")
+    if y is None: return int(folds)
     counts = pd.Series(list(y)).value_counts()
     if folds > counts.min():
         l, n = counts.idxmin(), int(counts.min())
@@ -177,7 +178,8 @@ def run_cv(
     callbacks=(),      # extra `Callback`s for each fold's training (a progress bar)
 )->CVResult:
     "Stratified K-fold cross-validation of `config`'s recipe on the training split (the test split is never read), writing a CV folder"
-    cfg = check_config(config)
+    cfg, folds = check_config(config), check_folds(None, folds)
+    if cfg.resume: raise SpecftConfigError("--resume: cross-validation does not resume; run it again with --overwrite.")
     data = prepare_data(cfg)
     pool = cv_pool(data)
     labels, fold = LabelMap.from_labels(pool['label']), cv_folds(pool['label'], folds, cfg.seed)
