@@ -22,7 +22,7 @@ from .pipeline import (RunConfig, RunResult, PreparedData, Predictor, check_conf
 
 # %% auto #0
 __all__ = ['check_folds', 'cv_folds', 'cv_pool', 'fold_parts', 'fit_member', 'CVResult', 'prepare_out_dir', 'write_ensemble',
-           'run_cv', 'EnsemblePredictor', 'ensemble_report', 'run_ensemble', 'KeepEpochs', 'average_weights',
+           'run_cv', 'plot_cv', 'EnsemblePredictor', 'ensemble_report', 'run_ensemble', 'KeepEpochs', 'average_weights',
            'run_averaged']
 
 # %% ../nbs/13_custom.ipynb #fb303670
@@ -222,7 +222,19 @@ def _stack(epochs:list, e:int, shape)->np.ndarray:
     for mask, probs in epochs: P[mask] = probs[e]
     return P
 
-# %% ../nbs/13_custom.ipynb #9085112c
+# %% ../nbs/13_custom.ipynb #c1c21a72
+def plot_cv(cv:CVResult, ax=None):
+    "Out-of-fold macro-F1 after each epoch, and each fold's, next to the baseline's out-of-fold macro-F1"
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(6, 3.2))[1]
+    if cv.per_epoch is not None: ax.plot(cv.per_epoch.epoch, cv.per_epoch.macro_f1, 'o-', label='model, out of fold')
+    ax.axhline(cv.baseline['macro_f1'], color='gray', ls='--', label='baseline, out of fold')
+    ax.scatter([cv.per_epoch.epoch.max() if cv.per_epoch is not None else 1] * len(cv.per_fold), cv.per_fold.macro_f1,
+               marker='x', color='C1', label='each fold (last epoch)')
+    ax.set(xlabel='epoch', ylabel='macro-F1', title=f'{len(cv.per_fold)}-fold cross-validation'); ax.legend(fontsize=8)
+    return ax
+
+# %% ../nbs/13_custom.ipynb #7dec943c
 class EnsemblePredictor(Predictor):
     "Predict with several run folders at once: the mean of their probabilities (`Predictor`'s `predict` on top)"
     def __init__(self, members:list[Predictor], names:list[str]|None=None):
@@ -247,7 +259,7 @@ class EnsemblePredictor(Predictor):
         "The mean of the members' class probabilities, one row per text"
         return np.mean([m.predict_proba(texts) for m in self.members], axis=0)
 
-# %% ../nbs/13_custom.ipynb #a3a1b025
+# %% ../nbs/13_custom.ipynb #287d131c
 def _proba(pred:Predictor, texts:list[str])->np.ndarray:
     "`pred`'s probabilities of texts already preprocessed as its run did (cleaned, masked)"
     ids = encode_texts(pred.tok, texts, pred.prep['max_len'], pred.prep.get('truncation', 'head'))
@@ -272,7 +284,7 @@ def ensemble_report(
     rows.append({'model': 'baseline (training split)', **compute_metrics(y, base, ens.labels), 'seconds_per_100': np.nan})
     return pd.DataFrame(rows).drop(columns='per_class').set_index('model')
 
-# %% ../nbs/13_custom.ipynb #345cbbcd
+# %% ../nbs/13_custom.ipynb #61587927
 def run_ensemble(
     config:RunConfig,  # the recipe, as for `run`; `out` names the ensemble folder
     seeds=(0, 1, 2),   # one member per seed
@@ -290,7 +302,7 @@ def run_ensemble(
     write_ensemble(out, [r.run_dir.name for r in res], res[0].labels, 'seeds', seeds=list(seeds), config=asdict(cfg))
     return out
 
-# %% ../nbs/13_custom.ipynb #4ed96317
+# %% ../nbs/13_custom.ipynb #585bfece
 class KeepEpochs(Callback):
     "Copy the weights of each of the last `last` epochs' checkpoints to `out_dir/epochs/epoch-N.safetensors`"
     def __init__(self, last:int=3): self.last = last
@@ -309,7 +321,7 @@ def average_weights(
     return {k: torch.stack([sd[k].float() for sd in sds]).mean(0).to(v.dtype) if v.is_floating_point() else v
             for k, v in sds[-1].items()}
 
-# %% ../nbs/13_custom.ipynb #3fe156cf
+# %% ../nbs/13_custom.ipynb #6bbb13f3
 def run_averaged(
     config:RunConfig,  # the recipe, as for `run` (full or head fine-tuning)
     last:int=3,        # E: average the weights after each of the last E epochs

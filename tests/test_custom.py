@@ -1,5 +1,5 @@
 "specft.custom: cross-validation never reads the test split, out-of-fold scores are scikit-learn's, ensembles average their members."
-import contextlib, io, json
+import contextlib, dataclasses, io, json
 from types import SimpleNamespace
 import numpy as np, pandas as pd, pytest, torch
 from safetensors.torch import load_file
@@ -78,6 +78,13 @@ def test_cv_covers_the_training_split_once_and_scores_as_sklearn(cv, files):
         assert m['macro_f1'] == pytest.approx(f1_score(held.label, held.predicted, average='macro'))
     assert cv.per_epoch.epoch.tolist() == [1, 2] and cv.per_epoch.macro_f1.iloc[-1] == pytest.approx(cv.scores['macro_f1'])
 
+class Untouchable:
+    "Stands in for the test split: any use of it fails"
+    def __getattr__(self, name): raise AssertionError(f'the test split was read (.{name})')
+    def __getitem__(self, key): raise AssertionError(f'the test split was read ([{key!r}])')
+    def __len__(self): raise AssertionError('the test split was read (len)')
+    def __iter__(self): raise AssertionError('the test split was read (iter)')
+
 def test_cv_never_reads_the_test_split(cv, files, tmp_path, monkeypatch):
     # a poisoned test file (other texts, shuffled labels) changes nothing
     res = run_cv(RunConfig(**TINY, data=str(files/'train.csv'), test_data=str(files/'poisoned.csv'), out=str(tmp_path/'p')), folds=3)
@@ -89,6 +96,8 @@ def test_cv_never_reads_the_test_split(cv, files, tmp_path, monkeypatch):
     real_encode, real_baseline = pipeline.encode_texts, custom.fit_baseline
     monkeypatch.setattr(pipeline, 'encode_texts', lambda tok, texts, *a, **k: (seen.extend(texts), real_encode(tok, texts, *a, **k))[1])
     monkeypatch.setattr(custom, 'fit_baseline', lambda texts, y: (seen.extend(texts), real_baseline(texts, y))[1])
+    # nor is the test frame itself used: it is replaced by one that fails on any use
+    monkeypatch.setattr(custom, 'prepare_data', lambda cfg: dataclasses.replace(prepare_data(cfg), test=Untouchable()))
     run_cv(RunConfig(**{**TINY, 'epochs': 1}, data=str(files/'train.csv'), test_data=str(files/'test.csv'), out=str(tmp_path/'o')), folds=2)
     test_texts = set(prepare_data(RunConfig(**TINY, data=str(files/'train.csv'), test_data=str(files/'test.csv'))).test.text)
     assert seen and not test_texts & set(seen)
