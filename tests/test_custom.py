@@ -192,3 +192,16 @@ def test_keep_epochs_keeps_only_the_last_epochs(files, tmp_path):
     final = load_file(str(res.run_dir/'model.safetensors'))   # select_metric 'last': the run keeps epoch 3
     last = load_file(str(res.run_dir/'epochs'/'epoch-3.safetensors'))
     assert all(torch.equal(final[k if k.startswith('head.') else k.removeprefix('backbone.')], v) for k, v in last.items())
+
+def test_specft_serve_serves_an_ensemble_folder(cv, monkeypatch):
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from specft.serve import ServeConfig, serve
+    apps = []
+    monkeypatch.setattr(uvicorn, 'run', lambda app, **kw: apps.append(app))
+    serve(cv.cv_dir, ServeConfig())
+    texts = ['excellent w1', 'awful w2 w3']
+    with TestClient(apps[0]) as c: r = c.post('/predict', json={'texts': texts})
+    assert r.status_code == 200
+    want = Predictor.load(cv.cv_dir).predict(texts)
+    assert [p['label'] for p in r.json()['predictions']] == [w['label'] for w in want]
