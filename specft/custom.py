@@ -342,7 +342,8 @@ def run_averaged(
     saved, out = dataclasses.replace(cfg, out=str(res.run_dir)), res.run_dir/'averaged'
     data = prepare_data(saved)
     labels = LabelMap(res.labels)
-    P = predict_logits(model, _encode(tok, data.test, labels, saved), device=cfg.device).softmax(-1)
+    P = predict_logits(model, _encode(tok, data.test, labels, saved), device=cfg.device,
+                       precision=choose_precision(cfg.precision, cfg.device)).softmax(-1)
     y_true, y_pred = labels.encode(data.test['label']), P.argmax(-1).tolist()
     old = json.loads((res.run_dir/'metrics.json').read_text())
     metrics = {**old, **compute_metrics(y_true, y_pred, labels.names), 'averaged_epochs': [int(p.stem[6:]) for p in files]}
