@@ -12,7 +12,7 @@ from .pipeline import RunConfig, run, Predictor, evaluate_run, resume_settings, 
 
 # %% auto #0
 __all__ = ['field_help', 'add_config_flags', 'config_from_args', 'typed_fields', 'build_parser', 'add_deploy_commands',
-           'read_texts', 'write_error_log', 'main']
+           'add_cv_command', 'read_texts', 'write_error_log', 'main']
 
 # %% ../nbs/12_cli.ipynb #bc3e13d7
 def field_help(cls=RunConfig)->dict:
@@ -65,6 +65,7 @@ def build_parser()->argparse.ArgumentParser:
     q.add_argument('--text-col', default='text'); q.add_argument('--device', default='auto')
     q.add_argument('--batch-size', type=int, default=32, help='texts per forward pass (batched: several times faster per text than 1)')
     add_deploy_commands(sub)
+    add_cv_command(sub)
     return p
 
 # %% ../nbs/12_cli.ipynb #cac275a9
@@ -105,6 +106,25 @@ def _serve(a):
     from specft.serve import ServeConfig, read_token, serve
     serve(a.run_dir, ServeConfig(host=a.host, port=a.port, token=read_token(a.token_file), workers=a.workers,
                                  log_requests=a.log_requests, max_batch=a.max_batch))
+
+# %% ../nbs/12_cli.ipynb #5adf906d
+def add_cv_command(sub)->None:
+    "The `cv` subcommand, added to the subparsers `sub`: the flags of `train` and `--folds`"
+    from specft.custom import run_cv
+    c = sub.add_parser('cv', help='cross-validate the recipe on the training split (never the test split); '
+                                  'the fold models form an ensemble')
+    add_config_flags(c)
+    k = inspect.signature(run_cv).parameters['folds'].default
+    c.add_argument('--folds', type=int, default=k, metavar='K', help=f'folds, at least 2 (default: {k})')
+
+def _cv(a):
+    "specft cv: cross-validate, then print the out-of-fold scores next to the baseline's, and the CV folder"
+    from specft.custom import run_cv
+    from specft.train import ProgressBar
+    res = run_cv(config_from_args(a), a.folds, callbacks=[ProgressBar()])
+    print(res.table().to_string())
+    print(f"\nout of fold: {len(res.oof)} training rows in {a.folds} folds; the test split was not read")
+    print(f"CV folder (the fold models, an ensemble): {res.cv_dir}")
 
 # %% ../nbs/12_cli.ipynb #dab5af73
 def read_texts(path:str, text_col:str='text')->list[str]:
@@ -163,7 +183,7 @@ def main(argv=None)->int:
     a = build_parser().parse_args(argv)
     try:
         if a.command == 'train': _train(a, argv)
-        else: {'evaluate': _evaluate, 'predict': _predict, 'export': _export, 'serve': _serve}[a.command](a)
+        else: {'evaluate': _evaluate, 'predict': _predict, 'export': _export, 'serve': _serve, 'cv': _cv}[a.command](a)
     except SpecftError as e:
         print(f"specft {a.command}: error: {e}", file=sys.stderr)
         return 2

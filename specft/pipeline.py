@@ -426,6 +426,9 @@ class Predictor:
             from specft.deploy import load_deployed
             pred = load_deployed(run_dir, device); pred.batch_size = batch_size
             return pred
+        if (run_dir/'ensemble.json').is_file():   # several run folders whose probabilities are averaged (specft.custom)
+            from specft.custom import EnsemblePredictor
+            return EnsemblePredictor.load(run_dir, device, batch_size)
         run_dir = check_run_dir(run_dir)
         info = json.loads((run_dir/'run.json').read_text())
         model, tok = load_peft(run_dir) if peft_record(run_dir) else load_classifier(run_dir)

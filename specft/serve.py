@@ -313,12 +313,13 @@ def app_from_env():
     return create_app(pred, cfg, load_reference(Path(spec['run_dir']), pred))
 
 def serve(
-    run_dir:str|Path,      # a run folder or a folder written by `specft export`
+    run_dir:str|Path,      # a run folder, an ensemble folder, or a folder written by `specft export`
     cfg:ServeConfig|None=None,
 ):
     "Serve `run_dir` over HTTP until interrupted"
     import uvicorn
-    run_dir = check_run_dir(run_dir); cfg = check_bind(cfg or ServeConfig())
+    ensemble = (Path(run_dir)/'ensemble.json').is_file()   # an ensemble folder (specft.custom): its members are checked as they load
+    run_dir = Path(run_dir) if ensemble else check_run_dir(run_dir); cfg = check_bind(cfg or ServeConfig())
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     if cfg.workers > 1:
         os.environ[SERVE_ENV] = json.dumps({'run_dir': str(run_dir), 'config': {k: v for k, v in asdict(cfg).items() if k != 'token'}})
