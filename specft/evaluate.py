@@ -9,7 +9,8 @@ from .errors import SpecftDataError
 
 # %% auto #0
 __all__ = ['compute_metrics', 'fit_baseline', 'baseline_metrics', 'paired_bootstrap', 'plot_confusion', 'metrics_table',
-           'reliability_bins', 'expected_calibration_error', 'plot_reliability', 'worst_errors']
+           'reliability_bins', 'expected_calibration_error', 'plot_reliability', 'temperature_scale', 'fit_temperature',
+           'worst_errors']
 
 # %% ../nbs/08_evaluate.ipynb #d9653b73
 def _label_names(labels, where:str)->list[str]:
@@ -204,6 +205,47 @@ def plot_reliability(
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel='confidence', ylabel='accuracy', title=f'ECE = {ece:.3f} ({n_bins} bins)')
     ax.legend(loc='upper left', fontsize=7)
     return ax
+
+# %% ../nbs/08_evaluate.ipynb #7a192ac8
+def _logits(logits, y_true)->np.ndarray:
+    "`logits` as finite floats [n, K], one row per label of `y_true`"
+    z = np.asarray(logits.detach().cpu() if hasattr(logits, 'detach') else logits, dtype=float)
+    if z.ndim != 2 or len(z) != len(y_true) or not len(z) or not np.isfinite(z).all():
+        raise SpecftDataError(f"logits has shape {z.shape} for {len(y_true)} labels; pass finite logits [n, K], one row per "
+                              "text (from probabilities: np.log(np.clip(probs, 1e-12, 1)), the same up to a constant per row).")
+    return z
+
+def temperature_scale(
+    logits,        # logits [n, K] (or log-probabilities)
+    T:float,       # the temperature, > 0: above 1 softens, below 1 sharpens
+)->np.ndarray:     # probabilities softmax(logits / T) [n, K]
+    "Class probabilities of `logits` divided by the temperature `T`"
+    if not (np.isfinite(T) and T > 0): raise SpecftDataError(f"the temperature T must be a number > 0, got {T}.")
+    z = np.asarray(logits.detach().cpu() if hasattr(logits, 'detach') else logits, dtype=float) / T
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+def _dnll(z:np.ndarray, y:np.ndarray, beta:float)->float:
+    "The derivative in beta of the mean NLL of softmax(beta z): the mean over rows of E_p[z] - z_y"
+    p = temperature_scale(z, 1 / beta)
+    return float(((p * z).sum(1) - z[np.arange(len(y)), y]).mean())
+
+def fit_temperature(
+    logits,                     # validation logits [n, K] (or log-probabilities)
+    y_true,                     # their gold label ids [n]
+    bounds:tuple=(0.05, 20.0),  # the temperatures searched, (T_min, T_max)
+)->float:                       # the T that minimises the mean NLL of softmax(logits / T) on these rows
+    "The temperature that minimises the negative log-likelihood of `y_true`: fit it on validation, apply it to test"
+    z = _logits(logits, y_true)
+    y = _ids(y_true, z.shape[1], 'y_true')
+    lo, hi = np.log(1 / bounds[1]), np.log(1 / bounds[0])   # log(beta), beta = 1/T
+    if _dnll(z, y, np.exp(hi)) <= 0: return float(bounds[0])   # the NLL still falls at the sharpest T allowed
+    if _dnll(z, y, np.exp(lo)) >= 0: return float(bounds[1])   # ... or still rises at the softest
+    for _ in range(60):   # the derivative rises with beta: halve the interval around its sign change
+        mid = (lo + hi) / 2
+        if _dnll(z, y, np.exp(mid)) > 0: hi = mid
+        else: lo = mid
+    return float(np.exp(-(lo + hi) / 2))
 
 # %% ../nbs/08_evaluate.ipynb #876732be
 def worst_errors(
