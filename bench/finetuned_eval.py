@@ -3,10 +3,11 @@
 
 Trains MiniLM on the bundled drug-review rating task with `specft.pipeline.run` twice: with the package defaults
 (the logit-adjusted loss, tau = RunConfig().logit_adjust) and with plain cross-entropy (`logit_adjust=0`; the
-defaults already use no class weights). For the validation and the test split it records every row's id, text
-(as the model saw it: cleaned and masked), true label, the model's logits and class probabilities, so that
-`nbs/08_evaluate.ipynb` can draw confusion matrices and reliability diagrams, fit a temperature on validation
-and read the worst errors without training anything. Writes bench/finetuned_eval_results.json.
+defaults already use no class weights). For the validation and the test split it records every row's id (its
+`row` in `load_corpus('drug-reviews')`: the training file's for validation, the test file's for test, so a text
+can be looked up), true label, the model's logits and class probabilities, so that `nbs/08_evaluate.ipynb` can
+draw confusion matrices and reliability diagrams, fit a temperature on validation and read the worst errors
+without training anything. Writes bench/finetuned_eval_results.json.
 
     python bench/finetuned_eval.py                # 2 MiniLM runs, about 5 minutes each on 2 CPU cores
     python bench/finetuned_eval.py --quick        # the tiny model, 1 epoch, 120 training rows: a smoke test
@@ -25,10 +26,10 @@ VARIANTS = {'default': {}, 'plain_ce': dict(logit_adjust=0.0, class_weights='non
 QUICK = dict(model='tiny', epochs=1, max_len=64, max_train_rows=120)
 
 def split_predictions(model, tok, df, labels, cfg:RunConfig)->dict:
-    "Row ids, texts, label ids, logits and probabilities of split `df`, predicted as `run` predicts the test split"
+    "Row ids, label ids, logits and probabilities of split `df`, predicted as `run` predicts the test split"
     logits = predict_logits(model, _encode(tok, df, labels, cfg), device=cfg.device,
                             precision=choose_precision(cfg.precision, cfg.device))
-    return {'row': [int(r) for r in df['row']], 'text': df['text'].tolist(), 'y': labels.encode(df['label']),
+    return {'row': [int(r) for r in df['row']], 'y': labels.encode(df['label']),
             'logits': [[round(float(v), 5) for v in r] for r in logits],
             'probs': [[round(float(v), 6) for v in r] for r in logits.softmax(-1)]}
 
