@@ -7,7 +7,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 from specft.core import SpecftDataError
 from specft.evaluate import (baseline_metrics, compute_metrics, expected_calibration_error, fit_baseline,
-                             metrics_table, plot_confusion, reliability_bins, worst_errors)
+                             fit_temperature, metrics_table, plot_confusion, reliability_bins, temperature_scale,
+                             worst_errors)
 
 LABELS = ['negative', 'neutral', 'positive']
 
@@ -86,3 +87,25 @@ def test_metrics_table_and_confusion():
     ax = plot_confusion([0, 1, 2, 2], [0, 1, 2, 1], LABELS)
     cm = confusion_matrix([0, 1, 2, 2], [0, 1, 2, 1], labels=[0, 1, 2])
     assert [t.get_text().split('\n')[0] for t in ax.texts] == [str(c) for c in cm.ravel()]
+
+@pytest.mark.parametrize('T0', [0.5, 1.0, 3.0])
+def test_fit_temperature_minimises_the_nll(T0):
+    "The bisection finds scipy's minimiser of scikit-learn's log loss, near the temperature the labels were drawn at"
+    from scipy.optimize import minimize_scalar
+    from sklearn.metrics import log_loss
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 2, (3000, 4))
+    y = np.array([rng.choice(4, p=p) for p in temperature_scale(z, T0)])
+    T = fit_temperature(torch.tensor(z), y)   # a tensor does as well as an array
+    ref = minimize_scalar(lambda t: log_loss(y, temperature_scale(z, t), labels=range(4)), bounds=(0.05, 20),
+                          method='bounded', options=dict(xatol=1e-10)).x
+    assert T == pytest.approx(ref, abs=1e-6) and T == pytest.approx(T0, rel=0.1)
+    assert (temperature_scale(z, T).argmax(1) == z.argmax(1)).all()
+    assert np.allclose(temperature_scale(z, T).sum(1), 1)
+
+def test_fit_temperature_bounds_and_errors():
+    assert fit_temperature([[4., 0.], [0., 4.]], [0, 1]) == 0.05                 # all right: as sharp as allowed
+    assert fit_temperature([[4., 0.], [0., 4.]], [1, 0], bounds=(0.1, 10)) == 10  # all wrong: as soft as allowed
+    with pytest.raises(SpecftDataError, match='shape'): fit_temperature(np.zeros((3, 2)), [0, 1])
+    with pytest.raises(SpecftDataError, match='finite logits'): fit_temperature([[-np.inf, 0.]], [1])   # log(0)
+    with pytest.raises(SpecftDataError, match='> 0'): temperature_scale(np.zeros((1, 2)), -1.0)
