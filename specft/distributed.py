@@ -300,7 +300,8 @@ def load_checkpoint(self:DistTrainer, path:Path)->dict:
 def _start(self:DistTrainer, resume:bool, overwrite:bool=False):
     "The first process clears or loads first; a fresh run seeds each process with `seed + rank`"
     if self.rank: dist.barrier()                   # wait while the first process clears an old run's checkpoints
-    first, skip, rng = Trainer._start(self, resume, overwrite)
+    # only the first process refuses an earlier run's folder: by the time the others look, it may have begun history.csv
+    first, skip, rng = Trainer._start(self, resume, overwrite or self.rank > 0)
     if not self.rank: dist.barrier()
     if rng is None and self.rank: set_seed(self.cfg.seed + self.rank)
     return first, skip, rng

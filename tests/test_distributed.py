@@ -82,6 +82,9 @@ def test_two_processes_end_with_the_weights_of_one(tmp_path):
     d = json.loads((tmp_path/'two/distributed.json').read_text())
     assert d['world_size'] == 2 and d['backend'] == 'gloo' and d['global_batch'] == 8
     assert d['rows_per_process'] == [48, 40]   # 6 and 5 whole batches of 4 per epoch; the padding batch is not counted
+    r = torchrun(tmp_path/'toy.py', tmp_path/'two', 1)   # the same folder again: the first process refuses it, and only it
+    refusals = [l for l in r.stderr.splitlines() if 'holds a run already' in l]
+    assert r.returncode != 0 and refusals and all(l.startswith('[rank0]') for l in refusals), r.stderr[-3000:]
 
 KILL = '''
 import os, signal, sys
