@@ -12,7 +12,6 @@ from safetensors.torch import load_file, save_file, load_model
 from .core import SpecftConfigError, SpecftModelError, SpecftTrainingError, set_seed, choose_precision
 from .corpus import load_corpus
 from .split import LabelMap, _stratified
-from .batch import encode_texts, make_loader
 from .model import count_params, save_classifier, load_classifier
 from .train import Callback, fit, predict_logits, remove_checkpoints
 from .evaluate import compute_metrics, fit_baseline, metrics_table
@@ -179,7 +178,6 @@ def run_cv(
 )->CVResult:
     "Stratified K-fold cross-validation of `config`'s recipe on the training split (the test split is never read), writing a CV folder"
     cfg, folds = check_config(config), check_folds(None, folds)
-    if cfg.resume: raise SpecftConfigError("--resume: cross-validation does not resume; run it again with --overwrite.")
     data = prepare_data(cfg)
     pool = cv_pool(data)
     labels, fold = LabelMap.from_labels(pool['label']), cv_folds(pool['label'], folds, cfg.seed)
@@ -260,11 +258,6 @@ class EnsemblePredictor(Predictor):
         return np.mean([m.predict_proba(texts) for m in self.members], axis=0)
 
 # %% ../nbs/13_custom.ipynb #287d131c
-def _proba(pred:Predictor, texts:list[str])->np.ndarray:
-    "`pred`'s probabilities of texts already preprocessed as its run did (cleaned, masked)"
-    ids = encode_texts(pred.tok, texts, pred.prep['max_len'], pred.prep.get('truncation', 'head'))
-    return predict_logits(pred.model, make_loader(ids, None, pred.batch_size, pred.tok.pad_token_id), device=pred.device).softmax(-1).numpy()
-
 def ensemble_report(
     folder,             # an ensemble folder
     config:RunConfig,   # the settings whose data (`prepare_data`) holds the test split to score
@@ -275,7 +268,7 @@ def ensemble_report(
     texts, y = data.test['text'].tolist(), LabelMap(ens.labels).encode(data.test['label'])
     rows, Ps = [], []
     for name, m in zip(ens.names, ens.members):
-        t = time.perf_counter(); P = _proba(m, texts); s = time.perf_counter() - t
+        t = time.perf_counter(); P = m.predict_prepared(texts); s = time.perf_counter() - t
         Ps.append(P); rows.append({'model': name, **compute_metrics(y, P.argmax(-1), ens.labels), 'seconds_per_100': 100 * s / len(texts)})
     rows.append({'model': 'ensemble', **compute_metrics(y, np.mean(Ps, 0).argmax(-1), ens.labels),
                  'seconds_per_100': sum(r['seconds_per_100'] for r in rows)})

@@ -438,7 +438,10 @@ class Predictor:
         "Class probabilities, one row per text (a single string is one text)"
         texts = _texts(texts)
         if not texts: return np.zeros((0, len(self.labels)), dtype=np.float32)
-        texts = preprocess_texts(texts, self.prep)
+        return self.predict_prepared(preprocess_texts(texts, self.prep))
+
+    def predict_prepared(self, texts:list[str])->np.ndarray:
+        "Class probabilities of texts already preprocessed as the run's own data was (`prepare_data`'s splits): no second pass"
         ids = encode_texts(self.tok, texts, self.prep['max_len'], self.prep.get('truncation', 'head'))
         dl = make_loader(ids, None, self.batch_size, self.tok.pad_token_id, shuffle=False)
         return predict_logits(self.model, dl, device=self.device).softmax(-1).numpy()
