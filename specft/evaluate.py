@@ -20,10 +20,14 @@ def _label_names(labels, where:str)->list[str]:
                               "'positive'] (for unnamed ids 0..K-1: labels=[str(i) for i in range(K)]).")
     return [str(l) for l in labels]
 
+def _array(x, dtype=None)->np.ndarray:
+    "`x` (a list, a numpy array or a torch tensor on any device) as a numpy array"
+    return np.asarray(x.detach().cpu() if hasattr(x, 'detach') else x, dtype=dtype)
+
 def _ids(y, labels:list[str]|int, what:str)->np.ndarray:
     "`y` as int ids into `labels` (names, or their number K): ids, whole-number floats, or names from `labels`"
     K = labels if isinstance(labels, int) else len(labels)
-    a = np.asarray(y.detach().cpu() if hasattr(y, 'detach') else y)
+    a = _array(y)
     if a.ndim == 2 and a.shape[1] == 1: a = a.ravel()
     if a.ndim != 1:
         raise SpecftDataError(f"{what} has shape {a.shape}; pass one label id per text (for probabilities or logits "
@@ -154,7 +158,7 @@ def metrics_table(
 # %% ../nbs/08_evaluate.ipynb #18360763
 def _probs(probs, y_true)->np.ndarray:
     "`probs` as floats [n, K]; a 1-D array is P(class 1) of a binary task, [n] -> [n, 2]"
-    p = np.asarray(probs.detach().cpu() if hasattr(probs, 'detach') else probs, dtype=float)
+    p = _array(probs, float)
     if p.ndim == 1: p = np.stack([1 - p, p], 1)
     if p.ndim != 2 or len(p) != len(y_true) or not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
         raise SpecftDataError(f"probs has shape {p.shape} for {len(y_true)} labels; pass probabilities in [0, 1], one row "
@@ -209,7 +213,7 @@ def plot_reliability(
 # %% ../nbs/08_evaluate.ipynb #7a192ac8
 def _logits(logits, y_true)->np.ndarray:
     "`logits` as finite floats [n, K], one row per label of `y_true`"
-    z = np.asarray(logits.detach().cpu() if hasattr(logits, 'detach') else logits, dtype=float)
+    z = _array(logits, float)
     if z.ndim != 2 or len(z) != len(y_true) or not len(z) or not np.isfinite(z).all():
         raise SpecftDataError(f"logits has shape {z.shape} for {len(y_true)} labels; pass finite logits [n, K], one row per "
                               "text (from probabilities: np.log(np.clip(probs, 1e-12, 1)), the same up to a constant per row).")
@@ -221,7 +225,7 @@ def temperature_scale(
 )->np.ndarray:     # probabilities softmax(logits / T) [n, K]
     "Class probabilities of `logits` divided by the temperature `T`"
     if not (np.isfinite(T) and T > 0): raise SpecftDataError(f"the temperature T must be a number > 0, got {T}.")
-    z = np.asarray(logits.detach().cpu() if hasattr(logits, 'detach') else logits, dtype=float) / T
+    z = _array(logits, float) / T
     e = np.exp(z - z.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
 
