@@ -8,15 +8,17 @@ import codecs, csv, difflib, hashlib, importlib.util, io, json, os, re, unicoded
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 import numpy as np
 import pandas as pd
 from .core import SpecftDataError, SpecftConfigError
 
 # %% auto #0
-__all__ = ['DRUG_REVIEWS_CITATION', 'DRUG_REVIEWS_PIP', 'SENTIMENT_THRESHOLDS', 'JUNK_CONDITION', 'DELIMITERS', 'TEXT_SUFFIXES',
-           'BINARY_MAGIC', 'drug_reviews_path', 'read_drug_reviews', 'rating_to_sentiment', 'top_conditions',
-           'condition_frame', 'Corpus', 'load_drug_reviews', 'decode_bytes', 'sniff_delimiter', 'check_data_path',
-           'read_table', 'normalise_labels', 'make_frame', 'hub_dataset_name', 'load_corpus']
+__all__ = ['DRUG_REVIEWS_CITATION', 'DRUG_REVIEWS_PIP', 'SENTIMENT_THRESHOLDS', 'JUNK_CONDITION', 'NAMED_DATA', 'DELIMITERS',
+           'TEXT_SUFFIXES', 'BINARY_MAGIC', 'drug_reviews_path', 'read_drug_reviews', 'rating_to_sentiment',
+           'top_conditions', 'condition_frame', 'Corpus', 'load_drug_reviews', 'NamedData', 'register_data',
+           'named_data', 'data_task', 'decode_bytes', 'sniff_delimiter', 'check_data_path', 'read_table',
+           'normalise_labels', 'make_frame', 'hub_dataset_name', 'load_corpus']
 
 # %% ../nbs/03a_corpus.ipynb #76162d8a
 DRUG_REVIEWS_CITATION = (
@@ -143,6 +145,48 @@ def load_drug_reviews(
         report.update(classes=classes, top_k=top_k, other=other)
     return Corpus('drug-reviews', frames['train'], frames['test'], f'{DRUG_REVIEWS_PIP} (assets/drugsCom.zip)',
                   DRUG_REVIEWS_CITATION, task, report)
+
+# %% ../nbs/03a_corpus.ipynb #968200ee
+@dataclass
+class NamedData:
+    "A data set that `--data NAME` loads from an installed package"
+    name:str                # what `--data` takes
+    tasks:tuple             # what `--task` takes; the first is the default
+    load:Callable           # load(task) -> Corpus
+    install:str             # the pip command that installs it
+    summary:str = ''        # one line: what it is, its size and licence
+
+NAMED_DATA:dict[str, NamedData] = {}
+
+def register_data(nd:NamedData)->NamedData:
+    "Make `nd` loadable as `load_corpus(nd.name)` and `--data NAME`"
+    NAMED_DATA[nd.name] = nd
+    return nd
+
+def named_data()->dict[str, NamedData]:
+    "The data sets `--data NAME` knows: the drug reviews, and the industry cases that `specft.domains` registers"
+    from . import domains  # noqa: F401 (importing it registers its data sets)
+    return NAMED_DATA
+
+def _task_flags(nd:NamedData)->str: return ' or '.join(f'--task {t}' for t in nd.tasks)
+
+def data_task(
+    data,               # what `load_corpus` is given
+    task:str|None=None, # the task asked for; None for the data set's default
+)->str|None:            # the task, or None for your own data
+    "The task of `data`: `task` or the named data set's default; refuse a task the data cannot do"
+    nd = named_data().get(data) if isinstance(data, str) else None
+    if nd is None:
+        if task not in (None, 'rating'):  # 'rating' was the default before named data sets had tasks of their own
+            raise SpecftConfigError(f"--task {task} applies only to named data sets ({', '.join(sorted(named_data()))}); "
+                                    "for your own data, pick the label column with --label-col NAME.")
+        return None
+    task = task or nd.tasks[0]
+    if task not in nd.tasks: raise SpecftConfigError(f"unknown task '{task}' for {nd.name}; use {_task_flags(nd)}.")
+    return task
+
+register_data(NamedData('drug-reviews', ('rating', 'condition'), load_drug_reviews, DRUG_REVIEWS_PIP,
+                        '979 drug reviews from drugs.com (UCI Drug Review Dataset subset), CC BY 4.0'))
 
 # %% ../nbs/03a_corpus.ipynb #d09156d9
 def _position(raw:bytes, i:int)->tuple[int, int]:
@@ -446,8 +490,8 @@ def _frames_from_splits(splits:dict, text_col, label_col, where, drop_empty)->tu
 
 # %% ../nbs/03a_corpus.ipynb #db383349
 def load_corpus(
-    data='drug-reviews',     # 'drug-reviews', a file (csv/tsv/jsonl/parquet), a folder, 'hf:NAME', a DataFrame or a Dataset
-    task:str='rating',       # bundled data: 'rating' or 'condition'
+    data='drug-reviews',     # a named data set (`named_data()`), a file (csv/tsv/jsonl/parquet), a folder, 'hf:NAME', a DataFrame or a Dataset
+    task:str|None=None,      # a named data set's task (default: its first); None for your own data
     text_col:str='text',     # column with the texts (user data)
     label_col:str='label',   # column with the labels (user data)
     test_data=None,          # a separate test file/frame; else the data's own test split, or one is split off later
@@ -456,17 +500,16 @@ def load_corpus(
     drop_empty:bool=False,   # drop (and report) rows with an empty text or label instead of failing
     encoding:str|None=None,  # force the text encoding of files (default: UTF-8, or a clearly detected cp1252)
 )->Corpus:
-    "Load a labelled corpus from the bundled data, a file, a frame, a dataset or the hub"
-    if isinstance(data, str) and data == 'drug-reviews':
+    "Load a labelled corpus from a named data set, a file, a frame, a dataset or the hub"
+    task = data_task(data, task)
+    if task is not None:
+        nd = named_data()[data]
         if (text_col, label_col) != ('text', 'label'):
-            raise SpecftConfigError("--text-col/--label-col apply to your own data; the bundled drug-reviews choose "
-                                    "the label with --task rating or --task condition.")
-        corpus = load_drug_reviews(task, top_k, other)
+            raise SpecftConfigError(f"--text-col/--label-col apply to your own data; {nd.name} chooses the label with "
+                                    f"{_task_flags(nd)}.")
+        corpus = load_drug_reviews(task, top_k, other) if nd.name == 'drug-reviews' else nd.load(task)
         if test_data is not None: corpus.test, corpus.report['test'] = _load_test(test_data, text_col, label_col, drop_empty, encoding)
         return corpus
-    if task != 'rating':
-        raise SpecftConfigError(f"--task {task} applies only to the bundled drug-reviews; for your own data, pick the "
-                                "label column with --label-col NAME.")
     report, test = {}, None
     if isinstance(data, pd.DataFrame):
         name, source = 'dataframe', 'a pandas DataFrame'

@@ -12,7 +12,7 @@ import transformers
 from sklearn.model_selection import train_test_split
 import specft
 from .core import SpecftConfigError, SpecftDataError, get_device, choose_precision, set_seed
-from .corpus import load_corpus, read_table, make_frame
+from .corpus import load_corpus, read_table, make_frame, data_task
 from .clean import prepare_corpus, preprocessing_settings, preprocess_texts
 from .split import split_corpus, LabelMap
 from .batch import encode_texts, make_loader
@@ -37,8 +37,8 @@ from .peft import (PEFT_METHODS, PeftSettings, build_peft_classifier, save_peft,
 @dataclass
 class RunConfig:
     "Every setting of a fine-tuning run; one field per `specft train` flag, same defaults"
-    data:str = 'drug-reviews'     # 'drug-reviews', a csv/tsv/jsonl/parquet file, or 'hf:NAME'
-    task:str = 'rating'           # bundled data: 'rating' or 'condition'
+    data:str = 'drug-reviews'     # a named data set (`specft.corpus.named_data`), a csv/tsv/jsonl/parquet file, or 'hf:NAME'
+    task:str|None = None          # a named data set's task (drug-reviews: 'rating' or 'condition'); None: its default
     text_col:str = 'text'         # text column of a user file
     label_col:str = 'label'       # label column of a user file
     test_data:str|None = None     # a separate test file (else `test_frac` of the data)
@@ -106,7 +106,7 @@ def peft_settings(cfg:RunConfig)->PeftSettings:
     return PeftSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PeftSettings) if hasattr(cfg, f.name)})
 
 # %% ../nbs/09_pipeline.ipynb #d4e4ee05
-_CHOICES = {'pooling': POOLINGS, 'method': METHODS, 'task': ('rating', 'condition')}
+_CHOICES = {'pooling': POOLINGS, 'method': METHODS}
 
 def check_config(cfg:RunConfig)->RunConfig:
     "Raise `SpecftConfigError` for a setting that cannot work, naming the flag and the fix"
@@ -118,6 +118,7 @@ def check_config(cfg:RunConfig)->RunConfig:
     for name in ('val_frac', 'test_frac'):
         if not 0 < getattr(cfg, name) < 1:
             raise SpecftConfigError(f"--{name.replace('_','-')} must be in (0, 1), got {getattr(cfg, name)}.")
+    data_task(cfg.data, cfg.task)
     if cfg.method in PEFT_METHODS: peft_settings(cfg).check()
     if cfg.max_train_rows is not None and cfg.max_train_rows < 1:
         raise SpecftConfigError(f"--max-train-rows must be at least 1, got {cfg.max_train_rows}.")

