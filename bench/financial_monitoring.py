@@ -12,7 +12,7 @@ lessons/financial_monitoring.ipynb), and `score_alerts` checks the test period's
     python bench/financial_monitoring.py            # MiniLM, seeds 0 1 2 (a few minutes on 2 CPU cores)
     python bench/financial_monitoring.py --quick    # the tiny model, 1 epoch, seed 0: a smoke test (results to a temporary file unless --out)
 """
-import argparse, json, platform, sys, tempfile, time
+import argparse, dataclasses, json, platform, sys, tempfile, time
 from pathlib import Path
 import numpy as np, pandas as pd
 import specft
@@ -65,7 +65,7 @@ def main(argv=None):
     mean = lambda who, k: float(np.mean([r[who][k] for r in runs]))
     result = {'command': 'python bench/financial_monitoring.py' + (' --quick' if a.quick else '') + (f" --seeds {' '.join(map(str, a.seeds))}" if not a.quick and a.seeds != [0, 1, 2] else ''),
               'created': time.strftime('%Y-%m-%dT%H:%M:%S'), 'settings': base_cfg, 'seeds': seeds,
-              'rule': rule.__dict__, 'test_period': [str(test_start.date()), str(news.date.max().date())],
+              'rule': dataclasses.asdict(rule), 'test_period': [str(test_start.date()), str(news.date.max().date())],
               'versions': {'python': platform.python_version(), 'specft': specft.__version__},
               'runs': runs,
               'mean': {who: {k: round(mean(who, k), 4) for k in runs[0][who]} for who in ('model', 'baseline')},
