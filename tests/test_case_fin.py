@@ -92,6 +92,8 @@ def test_daily_index_by_hand():
     assert a.n.tolist() == [2, 0, 1] and a.n_neg.tolist() == [1, 0, 0]
     assert np.isclose(a['index'].iloc[0], ((0.1 - 0.6) + (0.7 - 0.1)) / 2) and np.isnan(a['index'].iloc[1]) and a['index'].iloc[2] == 0
     assert np.isclose(a.neg_share.iloc[0], 0.5) and d[d.entity == 'NONE'].n.sum() == 0
+    assert set(daily_index(s, entities=['NONE']).entity) == {'A', 'NONE'}            # the stream's entities are never dropped
+    with pytest.raises(SpecftDataError, match='outside the day grid: 2026-03-04'): daily_index(s, days=['2026-03-02'])
 
 def test_argmax_ties_go_to_the_first_label():
     s = stream_frame([{'date': '2026-03-02', 'entity': 'A', 'probabilities': {'negative': 0.4, 'neutral': 0.4, 'positive': 0.2}},
