@@ -165,7 +165,7 @@ def register_data(nd:NamedData)->NamedData:
 
 def named_data()->dict[str, NamedData]:
     "The data sets `--data NAME` knows: the drug reviews, and the industry cases that `specft.domains` registers"
-    from . import domains  # noqa: F401 (importing it registers its data sets)
+    from specft import domains  # noqa: F401 (importing it registers its data sets)
     return NAMED_DATA
 
 def _task_flags(nd:NamedData)->str: return ' or '.join(f'--task {t}' for t in nd.tasks)
