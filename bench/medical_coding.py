@@ -80,7 +80,7 @@ def main(argv=None):
             for name, (pool, test) in splits(corpus, seed).items():
                 runs.append(one_arm(name, pool, test, seed, args, Path(tmp)))
                 print(json.dumps(runs[-1]), file=sys.stderr)
-    result = {'command': 'python bench/medical_coding.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
+    result = {'command': ' '.join(['python bench/medical_coding.py', *(argv if argv is not None else sys.argv[1:])]),
               'device': 'cuda' if torch.cuda.is_available() else 'cpu', 'torch': torch.__version__, 'python': platform.python_version(),
               'data': {'name': corpus.name, 'task': corpus.task, 'n_codes': len(corpus.train), 'cap': corpus.report['cap']},
               'config': {'model': args.model, 'epochs': args.epochs, 'max_len': args.max_len, 'max_train_rows': args.max_train_rows,
