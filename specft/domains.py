@@ -143,7 +143,9 @@ def load_icd10(
               'group': 'category' if task == 'chapter' else 'parent', 'dropped': dropped,
               'sha256': {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in icd10_files()}}
     name = 'icd10-cm' if cap == ICD10_CAP else 'icd10-cm-full' if cap is None else f'icd10-cm-cap{cap}'
-    return Corpus(name, train, None, f'{ICD10_PIP} (data/{ICD10_FILES[1]})', ICD10_CITATION, task, report)
+    how = (f'at most {cap} codes per label, as whole sibling families; ' if cap else '') + \
+          f"grouped by {'3-character category' if task == 'chapter' else 'sibling family (parent code)'}: every split keeps a group on one side"
+    return Corpus(name, train, None, f'{ICD10_PIP} (data/{ICD10_FILES[1]}); {how}', ICD10_CITATION, task, report)
 
 register_data(NamedData('icd10-cm', ('chapter', 'category'), load_icd10, ICD10_PIP,
                         f'ICD-10-CM April 2026 code descriptions, at most {ICD10_CAP} per label (CDC; package MIT)'))
