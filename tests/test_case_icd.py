@@ -86,7 +86,7 @@ def test_specft_train_on_icd10_cm_with_the_tiny_model(tmp_path):
     s = info['report']['splits']
     assert s['test'] == m['n_test'] > 0 and s['val'] > 0 and m['baseline']['macro_f1'] > 0.2
     card = (out/'card.md').read_text()
-    assert 'ICD-10-CM' in card and 'NCHS' in card and 'baseline' in card
+    assert 'ICD-10-CM' in card and 'NCHS' in card and 'baseline' in card and 'grouped by 3-character category' in card
 
 def test_a_bad_task_exits_2_with_a_message():
     r = subprocess.run([SPECFT, 'train', '--data', 'icd10-cm', '--task', 'block', '--model', 'tiny'], capture_output=True,
