@@ -8,7 +8,7 @@ negatives (the epoch kept is chosen on validation HR@10; epoch 0 is the untuned 
 once. Records HR@10 and NDCG@10 overall and per item-popularity bucket (cold, 0-5, 6-20, 21-100, >100 training
 ratings). Writes bench/recommendation_results.json; `nbs/lessons/recommendation.ipynb` plots it.
 
-    python bench/recommendation.py            # MiniLM, all 943 users, RecommendConfig's recipe (about 15 min on 1 CPU thread)
+    python bench/recommendation.py            # MiniLM, all 943 users, RecommendConfig's recipe (about 20 min on one shared CPU thread)
     python bench/recommendation.py --quick    # the tiny model, 40 users, 1 epoch: a smoke test (results to a temporary file)
 
 Flags after these are RecommendConfig's fields (as in `specft recommend`), e.g. `--epochs 3 --lr 5e-5`.
