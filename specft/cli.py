@@ -66,6 +66,7 @@ def build_parser()->argparse.ArgumentParser:
     q.add_argument('--batch-size', type=int, default=32, help='texts per forward pass (batched: several times faster per text than 1)')
     add_deploy_commands(sub)
     add_cv_command(sub)
+    from specft.recommend import add_recommend_command; add_recommend_command(sub)
     return p
 
 # %% ../nbs/12_cli.ipynb #cac275a9
@@ -126,6 +127,12 @@ def _cv(a):
     print(f"\nout of fold: {len(res.oof)} training rows in {a.folds} folds; the test split was not read")
     print(f"CV folder (the fold models, an ensemble): {res.cv_dir}")
 
+# %% ../nbs/12_cli.ipynb #5958926f
+def _recommend(a):
+    "specft recommend: lesson 18_recommend's `recommend_command`"
+    from specft.recommend import recommend_command
+    recommend_command(a)
+
 # %% ../nbs/12_cli.ipynb #dab5af73
 def read_texts(path:str, text_col:str='text')->list[str]:
     "Texts to predict from `path`: one per line of a .txt file, or the `text_col` column of a table"
@@ -183,7 +190,7 @@ def main(argv=None)->int:
     a = build_parser().parse_args(argv)
     try:
         if a.command == 'train': _train(a, argv)
-        else: {'evaluate': _evaluate, 'predict': _predict, 'export': _export, 'serve': _serve, 'cv': _cv}[a.command](a)
+        else: {'evaluate': _evaluate, 'predict': _predict, 'export': _export, 'serve': _serve, 'cv': _cv, 'recommend': _recommend}[a.command](a)
     except SpecftError as e:
         print(f"specft {a.command}: error: {e}", file=sys.stderr)
         return 2

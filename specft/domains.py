@@ -13,8 +13,9 @@ from .corpus import Corpus, NamedData, register_data
 # %% auto #0
 __all__ = ['ICD10_PIP', 'ICD10_CITATION', 'ICD10_FILES', 'ICD10_CAP', 'ICD10_CATEGORY_CHAPTER', 'ICD10_MIN_FAMILIES', 'FAQ_PIP',
            'FIN_NEWS_FILE', 'FIN_NEWS_CITATION', 'FIN_PHRASEBANK', 'FIN_PHRASEBANK_LICENCE', 'MOVIELENS_PIP',
-           'package_dir', 'icd10_files', 'read_icd10_codes', 'cap_families', 'load_icd10', 'fin_news_path',
-           'read_fin_news', 'split_by_date', 'load_fin_news']
+           'MOVIELENS_CITATION', 'package_dir', 'icd10_files', 'read_icd10_codes', 'cap_families', 'load_icd10',
+           'fin_news_path', 'read_fin_news', 'split_by_date', 'load_fin_news', 'read_atomic', 'movielens_dir',
+           'load_movielens']
 
 # %% ../nbs/15_domains.ipynb #5facf8ac
 def package_dir(
@@ -212,3 +213,40 @@ FIN_PHRASEBANK_LICENCE = 'CC BY-NC-SA 3.0 (Malo et al. 2014): non-commercial use
 
 # %% ../nbs/15_domains.ipynb #5dd0dd28
 MOVIELENS_PIP = 'pip install --no-deps recbole==1.2.1'
+
+# %% ../nbs/15_domains.ipynb #38e2e473
+MOVIELENS_CITATION = ("F. Maxwell Harper and Joseph A. Konstan. 2015. The MovieLens Datasets: History and Context. "
+                      "ACM Transactions on Interactive Intelligent Systems 5(4): 19. (GroupLens Research; research use, "
+                      "no redistribution.)")
+
+def read_atomic(
+    path:str|Path,  # a RecBole atomic file: tab-separated, header cells `name:type`
+)->pd.DataFrame:    # columns named without their types; `float` columns numeric, the others text
+    "Read a RecBole atomic file"
+    df = pd.read_csv(path, sep='\t', dtype=str, keep_default_na=False)
+    names, kinds = zip(*(c.split(':', 1) for c in df.columns))
+    df.columns = list(names)
+    for n, k in zip(names, kinds):
+        if k == 'float': df[n] = pd.to_numeric(df[n])
+    return df
+
+# %% ../nbs/15_domains.ipynb #516a1188
+def movielens_dir()->Path:
+    "The folder of MovieLens 100K inside the installed recbole package (found without importing recbole)"
+    d = package_dir('recbole', MOVIELENS_PIP)/'dataset_example'/'ml-100k'
+    missing = [f'ml-100k.{x}' for x in ('inter', 'item') if not (d/f'ml-100k.{x}').is_file()]
+    if missing:
+        raise SpecftDataError(f"MovieLens 100K: {', '.join(missing)} missing in {d}. Reinstall the package with "
+                              f"`{MOVIELENS_PIP} --force-reinstall`.")
+    return d
+
+def load_movielens()->tuple[pd.DataFrame, pd.DataFrame]:
+    "MovieLens 100K as `ratings` (user, item, rating, timestamp) and `items` (item, title, year, genres)"
+    d = movielens_dir()
+    r = read_atomic(d/'ml-100k.inter').rename(columns={'user_id': 'user', 'item_id': 'item'})
+    ratings = r.astype({'user': int, 'item': int, 'rating': int, 'timestamp': int})
+    it = read_atomic(d/'ml-100k.item')
+    items = pd.DataFrame({'item': it.item_id.astype(int), 'title': it.movie_title.str.strip(),
+                          'year': pd.to_numeric(it.release_year, errors='coerce').astype('Int64'),
+                          'genres': it['class'].str.split().str.join('|')})
+    return ratings, items
