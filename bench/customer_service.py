@@ -10,7 +10,8 @@ With --lrs, the first seed also tries other learning rates, and the one with the
 (the test split is never used to choose). Writes bench/customer_service_results.json; the lesson
 nbs/lessons/customer_service.ipynb reads and plots it.
 
-    python bench/customer_service.py                 # MiniLM, 3 seeds (CPU: about 15 minutes on 2 free cores)
+    python bench/customer_service.py                 # MiniLM, 3 seeds: about 9 CPU-minutes (17 minutes on a busy 2-core machine)
+    python bench/customer_service.py --lrs 2e-5,5e-5,1e-4   # also choose the learning rate on seed 0's validation MRR
     python bench/customer_service.py --quick         # the tiny model, 1 epoch, 1 seed: a smoke test (to a temporary file)
 Data: Swedish Construction FAQ by Zaragoza AB, CC BY 4.0 (zaragoza-construction-faq 1.2.1, doi:10.5281/zenodo.19630803).
 """
