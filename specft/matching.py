@@ -209,8 +209,9 @@ def register_pairs(pd_:PairData)->PairData:
 
 def named_pairs()->dict[str, PairData]:
     "The pair sets `specft match --data NAME` knows (registered by `specft.domains`)"
-    import specft.domains, specft.matching  # importing domains registers its pair sets in the module's PAIR_DATA
-    return specft.matching.PAIR_DATA
+    from specft import domains  # noqa: F401 (importing it registers its pair sets)
+    from specft.matching import PAIR_DATA as registered   # the module's registry, also when this runs in the notebook
+    return registered
 
 # %% ../nbs/16_matching.ipynb #6fa244b5
 def _empty(s:pd.Series)->pd.Series: return s.isna() | s.astype(str).str.strip().eq('')
