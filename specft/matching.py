@@ -23,7 +23,8 @@ __all__ = ['PAIR_DATA', 'MATCHING_FILE', 'ranks_from_scores', 'recall_at_k', 'mr
            'in_batch_loss', 'fit_biencoder', 'word_tokens', 'bm25_scores', 'PairSet', 'PairData', 'register_pairs',
            'named_pairs', 'pair_set', 'load_pairs', 'split_pairs', 'rank_report', 'coverage_accuracy',
            'choose_threshold', 'Matcher', 'backbone_state', 'is_matching_run', 'read_documents', 'MatchConfig',
-           'match_run_dir', 'MatchResult', 'run_matching', 'add_match_command', 'match_command', 'predict_matches']
+           'match_run_dir', 'MatchResult', 'match_card', 'run_matching', 'add_match_command', 'match_command',
+           'predict_matches']
 
 # %% ../nbs/16_matching.ipynb #2503d0f2
 def ranks_from_scores(
@@ -488,6 +489,40 @@ class MatchResult:
         "Rankers (rows) by recall@1, recall@5, MRR (columns) on `split`"
         return pd.DataFrame(self.metrics[split]).T[['recall_at_1', 'recall_at_5', 'mrr']].astype(float).round(3)
 
+def match_card(
+    info:dict,     # what matching.json holds (config, data, versions ...)
+    metrics:dict,  # what metrics.json holds
+)->str:            # markdown
+    "A model card for a matching run: data, splits, settings, test metrics next to the baselines, the threshold, limits"
+    from specft.core import md_table
+    cfg, d, t = info['config'], info['data'], metrics['threshold']
+    table = pd.DataFrame(metrics['test']).T.drop(columns='n').round(3).rename_axis('ranker').reset_index()
+    settings = ', '.join(f'{k}={cfg[k]}' for k in ('model', 'pooling', 'epochs', 'lr', 'batch_size', 'max_len', 'scale', 'seed'))
+    return f"""# Matching model: {d['name']}
+
+A bi-encoder ({cfg['model']}, {cfg['pooling']} pooling, cosine similarity) fine-tuned with in-batch negatives to
+retrieve, for a query, the right one of {d['n_docs']} documents.
+
+- Data: {d['source']}. {d['citation'] or ''}
+- Queries: {metrics['n_train']} train, {metrics['n_val']} validation, {metrics['n_test']} test (split by query text, seed {cfg['seed']}); every query is ranked against all documents.
+- Settings: {settings}.
+
+## Test metrics
+
+{md_table(table)}
+
+## Hand-to-human threshold
+
+Confidence = cosine of the best document. Threshold {t['threshold']:.3f}, chosen on validation for accuracy >= {t['target']}
+({'reached' if t['reached'] else 'not reached: every query goes to a human'}): it answers {100 * t['test_coverage']:.0f}% of the test queries{f", {100 * t['test_accuracy']:.0f}% of them right" if t['test_accuracy'] is not None else ''}.
+
+## Intended use and limits
+
+Suggesting a document (an FAQ answer) for a query, with a person taking the queries below the threshold. The test
+queries come from the same source as the training ones; real user messages are longer and vaguer, so expect lower
+scores on them, and re-check the threshold on your own traffic. Versions: {json.dumps(info['versions'])}.
+"""
+
 def _confidence(S:torch.Tensor, gold)->tuple[np.ndarray, np.ndarray]:
     "Top score of each query, and whether the top document is its gold one (ties count against it)"
     return S.max(1).values.numpy(), ranks_from_scores(S, gold) == 1
@@ -535,6 +570,7 @@ def run_matching(
             'versions': versions(), 'git_commit': git_commit()}
     matcher.save(out, info)
     (out/'metrics.json').write_text(json.dumps(metrics, indent=2))
+    (out/'card.md').write_text(match_card(info, metrics))
     curves.to_csv(out/'coverage.csv', index=False)
     pd.DataFrame({'step': range(1, len(losses) + 1), 'loss': losses}).to_csv(out/'history.csv', index=False)
     return MatchResult(metrics, out, matcher, curves, losses)

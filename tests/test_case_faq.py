@@ -76,7 +76,7 @@ def test_cli_match_exit_codes(tmp_path, capsys):
     f, out = _pairs_csv(tmp_path/'pairs.csv'), tmp_path/'run'
     assert main(['match', '--data', str(f), '--model', 'tiny', '--epochs', '1', '--batch-size', '8', '--out', str(out)]) == 0
     assert 'run folder' in capsys.readouterr().out
-    assert {'model.safetensors', 'config.json', 'matching.json', 'documents.jsonl', 'metrics.json', 'coverage.csv'} <= {p.name for p in out.iterdir()}
+    assert {'model.safetensors', 'config.json', 'matching.json', 'documents.jsonl', 'metrics.json', 'coverage.csv', 'card.md'} <= {p.name for p in out.iterdir()}
     assert not list(out.glob('*.pkl')) and not list(out.glob('*.bin'))
     m = json.loads((out/'metrics.json').read_text())
     assert set(m['test']) == {'bm25', 'untuned', 'finetuned'} and m['n_docs'] == 30
