@@ -38,7 +38,9 @@ def matching(model:str, seed:int, out:Path, **kw)->dict:
     return {'seed': seed, **{k: v for k, v in kw.items()}, 'metrics': res.metrics, 'curves': curves,
             'loss_first': res.losses[0], 'loss_last': res.losses[-1], 'steps': len(res.losses)}
 
-def mean_sd(xs): return {'mean': statistics.fmean(xs), 'sd': statistics.pstdev(xs), 'n': len(xs)}
+def mean_sd(xs):
+    "Mean, population sd and count of `xs` (None for an empty list: e.g. no seed's threshold answered any test query)"
+    return {'mean': statistics.fmean(xs), 'sd': statistics.pstdev(xs), 'n': len(xs)} if xs else {'mean': None, 'sd': None, 'n': 0}
 
 def summarise(route:list, match:list)->dict:
     "Mean and population sd over the seeds"
