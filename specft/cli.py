@@ -8,6 +8,7 @@ import argparse, dataclasses, inspect, json, os, re, sys, tempfile, traceback
 from pathlib import Path
 from .core import SpecftError, SpecftConfigError, SpecftDataError
 from .corpus import TEXT_SUFFIXES, decode_bytes, read_table, _pick_column
+from .matching import add_match_command, match_command, is_matching_run, predict_matches
 from .pipeline import RunConfig, run, Predictor, evaluate_run, resume_settings, default_run_dir, kept_by
 
 # %% auto #0
@@ -66,6 +67,7 @@ def build_parser()->argparse.ArgumentParser:
     q.add_argument('--batch-size', type=int, default=32, help='texts per forward pass (batched: several times faster per text than 1)')
     add_deploy_commands(sub)
     add_cv_command(sub)
+    add_match_command(sub)
     from specft.recommend import add_recommend_command; add_recommend_command(sub)
     return p
 
@@ -167,7 +169,9 @@ def _evaluate(a):
 def _predict(a):
     texts = list(a.texts) + (read_texts(a.file, a.text_col) if a.file else [])
     if not texts: raise SpecftConfigError("specft predict: no texts given. Pass texts as arguments or --file FILE.")
-    for row in Predictor.load(a.run_dir, a.device, a.batch_size).predict(texts): print(json.dumps(row, ensure_ascii=False))
+    rows = (predict_matches(a.run_dir, texts, a.device, a.batch_size) if is_matching_run(a.run_dir) else
+            Predictor.load(a.run_dir, a.device, a.batch_size).predict(texts))
+    for row in rows: print(json.dumps(row, ensure_ascii=False))
 
 def write_error_log(
     e:BaseException,   # the unexpected exception
@@ -190,7 +194,8 @@ def main(argv=None)->int:
     a = build_parser().parse_args(argv)
     try:
         if a.command == 'train': _train(a, argv)
-        else: {'evaluate': _evaluate, 'predict': _predict, 'export': _export, 'serve': _serve, 'cv': _cv, 'recommend': _recommend}[a.command](a)
+        else: {'evaluate': _evaluate, 'predict': _predict, 'export': _export, 'serve': _serve, 'cv': _cv, 'match': match_command,
+               'recommend': _recommend}[a.command](a)
     except SpecftError as e:
         print(f"specft {a.command}: error: {e}", file=sys.stderr)
         return 2

