@@ -60,6 +60,8 @@ def build_parser()->argparse.ArgumentParser:
     e.add_argument('run_dir'); e.add_argument('--data', required=True, help='labelled csv/tsv/jsonl/parquet file')
     e.add_argument('--text-col', default='text'); e.add_argument('--label-col', default='label')
     e.add_argument('--device', default='auto')
+    e.add_argument('--perturb', help='also score perturbed copies of the texts: typos, case, or both (comma-separated)')
+    e.add_argument('--perturb-rate', type=float, default=0.1, help='the chance that each word is perturbed'); e.add_argument('--seed', type=int, default=0)
     q = sub.add_parser('predict', help='predict labels of texts with a run folder (JSON lines)')
     q.add_argument('run_dir'); q.add_argument('texts', nargs='*', metavar='TEXT')
     q.add_argument('--file', help='a .txt file (one text per line) or a csv/tsv/jsonl/parquet file with --text-col')
@@ -164,7 +166,12 @@ def _train(a, argv):
     print(f"run folder: {res.run_dir}")
 
 def _evaluate(a):
-    print(json.dumps(evaluate_run(a.run_dir, a.data, a.text_col, a.label_col, a.device), indent=2))
+    if a.perturb:   # lesson 13's robustness report: the clean texts and each perturbation side by side
+        from specft.custom import evaluate_robustness
+        kinds = [k.strip() for k in a.perturb.split(',') if k.strip()]
+        res = evaluate_robustness(a.run_dir, a.data, a.text_col, a.label_col, kinds, a.perturb_rate, a.seed, a.device)
+    else: res = evaluate_run(a.run_dir, a.data, a.text_col, a.label_col, a.device)
+    print(json.dumps(res, indent=2))
 
 def _predict(a):
     texts = list(a.texts) + (read_texts(a.file, a.text_col) if a.file else [])

@@ -4,13 +4,13 @@
 
 # %% ../nbs/13_custom.ipynb #a741c79a
 from __future__ import annotations
-import dataclasses, datetime, json, shutil, tempfile, time
+import dataclasses, datetime, json, random, re, shutil, tempfile, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from safetensors.torch import load_file, save_file, load_model
 from .core import SpecftConfigError, SpecftModelError, SpecftTrainingError, set_seed, choose_precision
-from .corpus import load_corpus
+from .corpus import load_corpus, read_table, make_frame
 from .split import LabelMap, _stratified
 from .model import count_params, save_classifier, load_classifier
 from .train import Callback, fit, predict_logits, remove_checkpoints
@@ -20,9 +20,10 @@ from .pipeline import (RunConfig, RunResult, PreparedData, Predictor, check_conf
                        preprocessing_of, versions, git_commit, default_run_dir, model_card, run, _encode)
 
 # %% auto #0
-__all__ = ['check_folds', 'cv_folds', 'cv_pool', 'fold_parts', 'fit_member', 'CVResult', 'prepare_out_dir', 'write_ensemble',
-           'run_cv', 'plot_cv', 'EnsemblePredictor', 'ensemble_report', 'run_ensemble', 'KeepEpochs', 'average_weights',
-           'run_averaged']
+__all__ = ['PERTURBATIONS', 'check_folds', 'cv_folds', 'cv_pool', 'fold_parts', 'fit_member', 'CVResult', 'prepare_out_dir',
+           'write_ensemble', 'run_cv', 'plot_cv', 'EnsemblePredictor', 'ensemble_report', 'run_ensemble', 'KeepEpochs',
+           'average_weights', 'run_averaged', 'perturb_text', 'perturb_texts', 'robustness_report',
+           'evaluate_robustness']
 
 # %% ../nbs/13_custom.ipynb #fb303670
 def check_folds(
@@ -347,3 +348,74 @@ def run_averaged(
                                + model_card(info, metrics))
     shutil.rmtree(res.run_dir/'epochs')
     return RunResult(out, metrics, metrics['baseline'], res.state, y_true, y_pred, labels.names)
+
+# %% ../nbs/13_custom.ipynb #c8eb5c92
+PERTURBATIONS = ('typos', 'case')
+
+def _typo(word:str, rng:random.Random)->str:
+    "One typing slip inside `word` (4+ letters; its first and last letters stay): swap two neighbours, drop one, or double one"
+    slip = rng.randrange(3)
+    if slip == 0:
+        i = rng.randrange(1, len(word) - 2)
+        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+    i = rng.randrange(1, len(word) - 1)
+    return word[:i] + word[i + 1:] if slip == 1 else word[:i + 1] + word[i:]
+
+def perturb_text(
+    text:str,
+    kind:str,                       # one of PERTURBATIONS
+    rate:float=0.1,                 # p: the chance that each word is perturbed
+    rng:random.Random|None=None,    # the generator (a fresh seeded one if None)
+)->str:
+    "`text` with each word perturbed with probability `rate`: a typing slip ('typos') or upper/title case ('case')"
+    if kind not in PERTURBATIONS:
+        raise SpecftConfigError(f"--perturb {kind!r} is not known; use one or more of: {', '.join(PERTURBATIONS)} (comma-separated).")
+    if not 0 <= rate <= 1: raise SpecftConfigError(f"--perturb-rate must be in [0, 1], got {rate}.")
+    rng = rng or random.Random(0)
+    def edit(m):
+        w = m.group(0)
+        if rng.random() >= rate: return w
+        if kind == 'typos': return _typo(w, rng) if len(w) >= 4 else w
+        return w.upper() if rng.random() < 0.5 else w.title()
+    return re.sub(r'[^\W\d_]+', edit, text)
+
+def perturb_texts(texts, kind:str, rate:float=0.1, seed:int=0)->list[str]:
+    "`perturb_text` over `texts` with one generator seeded by `kind` and `seed`: the same call gives the same texts"
+    rng = random.Random(f'{kind}-{seed}')
+    return [perturb_text(t, kind, rate, rng) for t in texts]
+
+# %% ../nbs/13_custom.ipynb #98c485e9
+def robustness_report(
+    predictor:Predictor,      # a run folder's `Predictor` (or an `EnsemblePredictor`)
+    texts,                    # the texts to score
+    labels,                   # their labels (names)
+    kinds=PERTURBATIONS,      # which perturbations
+    rate:float=0.1,           # p, per word
+    seed:int=0,
+)->pd.DataFrame:              # a row for the clean texts and one per perturbation
+    "Accuracy and macro-F1 on the clean texts and on each perturbed copy, the share of texts perturbed and of predictions changed"
+    texts = list(texts)
+    y = LabelMap(predictor.labels).encode(list(labels))
+    clean = predictor.predict_proba(texts).argmax(-1)
+    rows = {}
+    for kind in ['clean', *kinds]:
+        noisy = texts if kind == 'clean' else perturb_texts(texts, kind, rate, seed)
+        pred = clean if kind == 'clean' else predictor.predict_proba(noisy).argmax(-1)
+        m = compute_metrics(y, pred.tolist(), predictor.labels)
+        rows[kind] = {'accuracy': m['accuracy'], 'macro_f1': m['macro_f1'],
+                      'texts_perturbed': float(np.mean([a != b for a, b in zip(texts, noisy)])),
+                      'predictions_changed': float(np.mean(pred != clean))}
+    return pd.DataFrame(rows).T
+
+def evaluate_robustness(
+    run_dir,                  # a run or ensemble folder
+    data,                     # a labelled csv/tsv/jsonl/parquet file
+    text_col:str='text', label_col:str='label',
+    kinds=PERTURBATIONS, rate:float=0.1, seed:int=0, device='auto',
+)->dict:                      # {'clean': {...}, 'typos': {...}, ...} and 'n', 'rate', 'seed'
+    "`specft evaluate --perturb`: `robustness_report` of a run folder on a labelled file"
+    pred = Predictor.load(run_dir, device)
+    df, _ = make_frame(read_table(data)[0], text_col, label_col, str(data))
+    LabelMap(pred.labels).encode(df['label'], rows=df['row'].tolist())   # an unknown label: a clear error naming its rows
+    rep = robustness_report(pred, df['text'], df['label'], kinds, rate, seed)
+    return {**{k: {c: round(float(v), 6) for c, v in r.items()} for k, r in rep.iterrows()}, 'n': len(df), 'rate': rate, 'seed': seed}

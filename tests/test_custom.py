@@ -205,3 +205,21 @@ def test_specft_serve_serves_an_ensemble_folder(cv, monkeypatch):
     assert r.status_code == 200
     want = Predictor.load(cv.cv_dir).predict(texts)
     assert [p['label'] for p in r.json()['predictions']] == [w['label'] for w in want]
+
+def test_evaluate_perturb_reports_clean_and_perturbed_side_by_side(cv, files):
+    fold = str(cv.cv_dir/'fold-1')
+    code, out, err = call('evaluate', fold, '--data', str(files/'test.csv'), '--perturb', 'typos,case', '--perturb-rate', '0.5', '--device', 'cpu')
+    assert code == 0, err
+    r = json.loads(out)
+    assert set(r) == {'clean', 'typos', 'case', 'n', 'rate', 'seed'} and r['n'] == 30
+    assert r['clean']['texts_perturbed'] == r['clean']['predictions_changed'] == 0
+    assert r['typos']['texts_perturbed'] > 0.2 and r['case']['texts_perturbed'] > 0.5
+    assert r['case']['predictions_changed'] == 0     # the tiny model's tokenizer is uncased: case cannot move a prediction
+    plain = json.loads(call('evaluate', fold, '--data', str(files/'test.csv'), '--device', 'cpu')[1])
+    assert r['clean']['accuracy'] == pytest.approx(plain['accuracy'], abs=1e-6) and r['clean']['macro_f1'] == pytest.approx(plain['macro_f1'], abs=1e-6)
+    again = json.loads(call('evaluate', fold, '--data', str(files/'test.csv'), '--perturb', 'typos', '--perturb-rate', '0.5', '--device', 'cpu')[1])
+    assert again['typos'] == r['typos']               # seeded: the same perturbed texts
+    code, _, err = call('evaluate', fold, '--data', str(files/'test.csv'), '--perturb', 'synonyms')
+    assert code == 2 and 'typos, case' in err
+    code, _, err = call('evaluate', fold, '--data', str(files/'test.csv'), '--perturb', 'typos', '--perturb-rate', '2')
+    assert code == 2 and '--perturb-rate' in err
