@@ -9,8 +9,10 @@ BUNDLED := $(shell sed -n 's/^bundled_requirements *= *//p' settings.ini)
 export TOKENIZERS_PARALLELISM := false
 # Tests run offline (the bundled model and data) and draw plots off screen. The notebooks run one at a time at
 # torch's default thread count, as a student's `make lab` runs them (NB_WORKERS=2 OMP_NUM_THREADS=1 is faster on
-# two cores, but is not what a student runs); the pytest suite in tests/ runs on one thread.
+# two cores, but is not what a student runs); the pytest suite in tests/ runs on one thread per process, in
+# PYTEST_WORKERS processes (pytest-xdist; each test is independent: its own temporary folders and free ports).
 NB_WORKERS ?= 1
+PYTEST_WORKERS ?= 2
 OFFLINE := HF_HUB_OFFLINE=1 MPLBACKEND=Agg
 # Each notebook runs once: those whose shown numbers are checked (`# NBVAL_CHECK_OUTPUT`) under nbval, in a real
 # kernel (nbs/conftest.py skips `slow` and `cuda` cells as nbdev_test does), the others under nbdev_test.
@@ -38,7 +40,7 @@ demo: venv
 test: venv
 	$(OFFLINE) $(BIN)/nbdev_test --n_workers $(NB_WORKERS) --timing --skip_file_re '$(CHECKED_RE)'
 	$(OFFLINE) $(BIN)/pytest -q $(CHECKED) --nbval-lax
-	$(OFFLINE) OMP_NUM_THREADS=1 $(BIN)/pytest -q tests
+	$(OFFLINE) OMP_NUM_THREADS=1 $(BIN)/pytest -q -n $(PYTEST_WORKERS) tests
 
 # The `slow` cells too (the real-MiniLM runs each lesson shows), and every benchmark in bench/ in its --quick mode
 # (seconds each; results go to temporary files), so that a missing dependency or an API drift fails here.
