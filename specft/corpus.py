@@ -152,9 +152,10 @@ class NamedData:
     "A data set that `--data NAME` loads from an installed package"
     name:str                # what `--data` takes
     tasks:tuple             # what `--task` takes; the first is the default
-    load:Callable           # load(task) -> Corpus
+    load:Callable           # load(task, **options) -> Corpus
     install:str             # the pip command that installs it
     summary:str = ''        # one line: what it is, its size and licence
+    options:tuple = ()      # the keyword options of `load_corpus` that `load` takes (drug-reviews: top_k, other)
 
 NAMED_DATA:dict[str, NamedData] = {}
 
@@ -186,7 +187,7 @@ def data_task(
     return task
 
 register_data(NamedData('drug-reviews', ('rating', 'condition'), load_drug_reviews, DRUG_REVIEWS_PIP,
-                        '979 drug reviews from drugs.com (UCI Drug Review Dataset subset), CC BY 4.0'))
+                        '979 drug reviews from drugs.com (UCI Drug Review Dataset subset), CC BY 4.0', ('top_k', 'other')))
 
 # %% ../nbs/03a_corpus.ipynb #d09156d9
 def _position(raw:bytes, i:int)->tuple[int, int]:
@@ -507,7 +508,7 @@ def load_corpus(
         if (text_col, label_col) != ('text', 'label'):
             raise SpecftConfigError(f"--text-col/--label-col apply to your own data; {nd.name} chooses the label with "
                                     f"{_task_flags(nd)}.")
-        corpus = load_drug_reviews(task, top_k, other) if nd.name == 'drug-reviews' else nd.load(task)
+        corpus = nd.load(task, **{k: v for k, v in dict(top_k=top_k, other=other).items() if k in nd.options})
         if test_data is not None: corpus.test, corpus.report['test'] = _load_test(test_data, text_col, label_col, drop_empty, encoding)
         return corpus
     report, test = {}, None
