@@ -6,9 +6,10 @@ On the bundled drug reviews' 378 test texts, with 2 threads, in one process:
 1. `hf_pipeline`: `transformers.pipeline("text-classification")` on the fp32 model (the anchor; it gets the texts
    already cleaned and masked, so it does less work than specft's variants, which preprocess as in training),
 2. `fp32`: `specft.pipeline.Predictor` on the run folder,
-3. `bf16`: the same model cast to bf16 (only where the CPU has bf16 instructions),
+3. `bf16`: `specft export --format bf16` (only where the CPU has bf16 instructions),
 4. `int8`: `specft export --format int8` (torch dynamic quantisation),
-5. `onnx`, `onnx-int8`: ONNX Runtime, fp32 and int8,
+5. `onnx`, `onnx-int8`: ONNX Runtime, fp32 and int8 (block-wise: a scale per 16 values), and `onnx-int8-tensor`:
+   int8 with one scale per matrix and batch (ONNX Runtime's `quantize_dynamic`), for comparison,
 6. `k3-distilled-onnx-int8`: 3 of 6 layers kept, distilled from the full run, then ONNX int8 (tiny: 1 of 2).
 
 Per variant: p50 and p95 latency of one text at a time (batch 1), texts per second at batch 32 (batches of
@@ -16,6 +17,10 @@ length-sorted texts), size of the weights on disk, macro-F1 on the test split, a
 label agrees with the fp32 model's (the parity bar of lesson 10 is 99 %). The last line is
 `ratio_vs_hf_pipeline=`: the batch-32 throughput of the fastest variant within 0.01 macro-F1 of the fp32 model,
 divided by the pipeline's.
+
+Then the block size of `onnx-int8`, chosen on the run's training and validation texts (never the test split):
+for 16, 32, 64 and 128 values per scale, the mean KL divergence of the int8 model's probabilities from the fp32
+model's, label agreement, and texts per second; the most faithful block size (smallest KL) is the one kept.
 
 Then where int8's error comes from: the fp32 model with every Linear layer but the head fake-quantised (rounded to
 the int8 grid and back, symmetric), weights per tensor or per output channel, activations per tensor (what dynamic
@@ -105,13 +110,30 @@ def int8_error_sources(pred, texts, y, ref):
         print(' '.join(f'{k}={v}' for k, v in out[-1].items()), flush=True)
     return out
 
+def block_size_choice(run_dir, tmp, texts, P_ref, threads):
+    "KL from fp32, agreement and speed of block-wise int8 at each block size, on texts that are not the test split"
+    from specft.deploy import export_run, quantize_onnx, OrtClassifier, load_deployed
+    from specft.pipeline import Predictor
+    src = tmp/'onnx'/'model.onnx'   # written by the `onnx` variant
+    base = load_deployed(tmp/'onnx', 'cpu', threads=threads)
+    out = []
+    for b in (16, 32, 64, 128):
+        q = quantize_onnx(src, tmp/f'block{b}.onnx', block_size=b)
+        pred = Predictor(OrtClassifier(q, threads), base.tok, base.labels, base.prep, 'cpu')
+        t0 = time.perf_counter(); P = pred.predict_prepared(texts); secs = time.perf_counter() - t0
+        kl = float((P_ref * (np.log(P_ref + 1e-12) - np.log(P + 1e-12))).sum(-1).mean())
+        out.append({'block_size': b, 'kl_vs_fp32': kl, 'agreement_vs_fp32': round(float((P.argmax(-1) == P_ref.argmax(-1)).mean()), 4),
+                    'texts_per_s': round(len(texts) / secs, 1)})
+        print(' '.join(f'{k}={v}' for k, v in out[-1].items()), flush=True)
+    return out
+
 def main():
     a = parse()
     torch.set_num_threads(a.threads)
     from specft.pipeline import Predictor, prepare_data, saved_config, run, RunConfig
     from specft.clean import preprocess_texts
     from specft.core import cpu_has_bf16
-    from specft.deploy import export_run, load_deployed, size_on_disk, state_bytes
+    from specft.deploy import export_run, load_deployed, size_on_disk, state_bytes, quantize_onnx
     tmp = Path(tempfile.mkdtemp(prefix='infer-latency-'))
     run_dir = Path(a.run_dir) if a.run_dir else None
     if run_dir is None:
@@ -135,20 +157,26 @@ def main():
         row, probs[name] = measure(name, *args); rows.append(row)
     add('hf_pipeline', pipe_proba, texts, y, labels, src_bytes, n1)
     add('fp32', pred.predict_proba, texts, y, labels, src_bytes, n1)
-    if cpu_has_bf16():
-        bf = Predictor(copy.deepcopy(pred.model).to(torch.bfloat16), pred.tok, labels, pred.prep, 'cpu')
-        add('bf16', bf.predict_proba, texts, y, labels, src_bytes // 2, n1)
     k = 1 if a.quick else 3
-    for name, fmt, kw in [('int8', 'int8', {}), ('onnx', 'onnx', {}), ('onnx-int8', 'onnx-int8', {}),
+    for name, fmt, kw in [*([('bf16', 'bf16', {})] if cpu_has_bf16() else []), ('int8', 'int8', {}), ('onnx', 'onnx', {}),
+                          ('onnx-int8', 'onnx-int8', {}), ('onnx-int8-tensor', 'onnx-int8', dict(scheme='tensor')),
                           (f'k{k}-distilled-onnx-int8', 'onnx-int8', dict(keep_layers_k=k, distill_epochs=3))]:
+        scheme = kw.pop('scheme', None)
         spec = export_run(run_dir, tmp/name, fmt, **kw)
+        if scheme:   # the same export, re-quantised from the fp32 ONNX file of the `onnx` variant
+            quantize_onnx(tmp/'onnx'/'model.onnx', tmp/name/'model.onnx', scheme=scheme)
+            spec['size_bytes'] = size_on_disk(tmp/name/'model.onnx')
         dp = load_deployed(tmp/name, 'cpu', threads=a.threads)
         # torch int8: the packed int8 weights as torch holds them (the folder stores fp32 safetensors, see 10_deploy)
-        size = spec['size_bytes'] if spec['runtime'] == 'onnxruntime' else state_bytes(dp.model)
+        size = spec['size_bytes'] if spec['runtime'] == 'onnxruntime' or fmt == 'bf16' else state_bytes(dp.model)
         add(name, dp.predict_proba, texts, y, labels, size, n1)
     ref = probs['fp32'].argmax(-1)
     for r in rows: r['agreement_vs_fp32'] = round(float((probs[r['variant']].argmax(-1) == ref).mean()), 4)
     print('label agreement with fp32:', {r['variant']: r['agreement_vs_fp32'] for r in rows})
+    print('block size of onnx-int8, on the training and validation texts:')
+    dev = data.train['text'].tolist() + data.val['text'].tolist()
+    if a.quick: dev = dev[:64]
+    blocks = block_size_choice(run_dir, tmp, dev, pred.predict_prepared(dev), a.threads)
     print('int8 error by granularity (fake-quantised):')
     sources = int8_error_sources(pred, texts, y, ref)
     base = next(r for r in rows if r['variant'] == 'fp32')
@@ -157,7 +185,8 @@ def main():
     ratio = best['texts_per_s_b32'] / rows[0]['texts_per_s_b32']
     result = {'command': ' '.join(['python bench/infer_latency.py', *sys.argv[1:]]), 'threads': a.threads,
               'run_config': run_config, 'model': run_config['model'], 'n_test': len(texts),
-              'rows': rows, 'int8_error_sources': sources, 'fastest_within_0.01_f1': best['variant'], 'ratio_vs_hf_pipeline': round(ratio, 2)}
+              'rows': rows, 'block_size_choice': blocks,
+              'block_size_kept': min(blocks, key=lambda r: r['kl_vs_fp32'])['block_size'], 'int8_error_sources': sources, 'fastest_within_0.01_f1': best['variant'], 'ratio_vs_hf_pipeline': round(ratio, 2)}
     out = a.out or (None if a.quick else str(Path(__file__).parent/'infer_latency_results.json'))
     if out: Path(out).write_text(json.dumps(result, indent=2) + '\n')
     print(f"fastest within 0.01 macro-F1 of fp32: {best['variant']}")

@@ -12,7 +12,7 @@ from torch import nn
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.pytorch_utils import prune_linear_layer
-from .core import SpecftConfigError, SpecftModelError
+from .core import SpecftConfigError, SpecftModelError, choose_precision
 from .split import LabelMap
 from .core import md_table
 from .model import Classifier, encoder_layers, save_classifier, load_classifier_state
@@ -21,11 +21,11 @@ from .evaluate import compute_metrics
 from .pipeline import Predictor, prepare_data, saved_config, _encode, check_run_dir
 
 # %% auto #0
-__all__ = ['ONNX_INPUTS', 'EXPORTERS', 'size_on_disk', 'state_bytes', 'latency', 'parity', 'quantize_int8', 'quiet_loggers',
-           'export_onnx', 'OrtClassifier', 'quantize_onnx', 'magnitude_prune', 'sparsity', 'spread', 'keep_layers',
-           'head_scores', 'prune_heads', 'weakest_heads', 'build_pruned', 'distill_loss', 'Distiller', 'distill',
-           'export_merged', 'export_int8', 'export_onnx_fp32', 'export_onnx_int8', 'load_deployed', 'length_bins',
-           'reference_of', 'plain_model', 'export_run']
+__all__ = ['ONNX_INPUTS', 'ONNX_SCHEMES', 'EXPORTERS', 'size_on_disk', 'state_bytes', 'latency', 'parity', 'quantize_int8',
+           'quiet_loggers', 'export_onnx', 'OrtClassifier', 'quantize_onnx', 'magnitude_prune', 'sparsity', 'spread',
+           'keep_layers', 'head_scores', 'prune_heads', 'weakest_heads', 'build_pruned', 'distill_loss', 'Distiller',
+           'distill', 'export_merged', 'export_bf16', 'export_int8', 'export_onnx_fp32', 'export_onnx_int8',
+           'load_deployed', 'length_bins', 'reference_of', 'plain_model', 'export_run']
 
 # %% ../nbs/10_deploy.ipynb #cc4d22e2
 def size_on_disk(
@@ -128,15 +128,36 @@ class OrtClassifier(nn.Module):
         return torch.from_numpy(self.session.run(None, feed)[0]).to(input_ids.device)
 
 # %% ../nbs/10_deploy.ipynb #3d445c75
+ONNX_SCHEMES = ('block', 'tensor')
+
 def quantize_onnx(
-    src:str|Path,     # an fp32 .onnx file
-    dst:str|Path,     # the int8 .onnx file to write
+    src:str|Path,         # an fp32 .onnx file
+    dst:str|Path,         # the int8 .onnx file to write
+    scheme:str='block',   # 'block': a scale per `block_size` values (MatMulNBits); 'tensor': one per matrix and batch
+    block_size:int=16,    # values per scale along the input dimension, for scheme 'block' (16 to 256, a power of 2)
+    embeddings:bool=True, # store the embedding tables in int8 as well (one scale per table)
 )->Path:
-    "int8 dynamic quantisation of the MatMul/Gemm weights of an ONNX model with ONNX Runtime"
+    "int8 quantisation of an ONNX model's MatMul weights and activations with ONNX Runtime"
+    import onnx
     from onnxruntime.quantization import quantize_dynamic, QuantType
-    with quiet_loggers(''):   # it advises shape pre-processing on the root logger; dynamo's graphs carry shapes already
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-    return Path(dst)
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer, DefaultWeightOnlyQuantConfig
+    if scheme not in ONNX_SCHEMES: raise SpecftConfigError(f"unknown int8 scheme {scheme!r}; use one of: {', '.join(ONNX_SCHEMES)}.")
+    if block_size not in (16, 32, 64, 128, 256):
+        raise SpecftConfigError(f"block_size must be 16, 32, 64, 128 or 256 (values per scale), got {block_size!r}.")
+    src, dst = Path(src), Path(dst)
+    # both tools log advice (shape pre-processing, skipped nodes) on their own and on the root logger
+    with quiet_loggers('', 'onnxruntime.quantization.matmul_nbits_quantizer'):
+        if scheme == 'tensor':
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+            return dst
+        cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=8)
+        q = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=cfg); q.process()
+        mid = dst.with_name(dst.stem + '-matmul.onnx') if embeddings else dst
+        q.model.save_model_to_file(str(mid), use_external_data_format=False)
+        if embeddings:
+            quantize_dynamic(str(mid), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=['Gather']); mid.unlink()
+    return dst
+
 
 # %% ../nbs/10_deploy.ipynb #aa1f3461
 def magnitude_prune(
@@ -289,6 +310,11 @@ def export_merged(model, tok, labels, out:Path)->dict:
     save_classifier(model, tok, out, labels)
     return {'runtime': 'torch', 'quantize': None, 'weights': 'model.safetensors'}
 
+def export_bf16(model, tok, labels, out:Path)->dict:
+    "bf16 safetensors, run in bf16 where the device has fast bf16 arithmetic"
+    save_classifier(copy.deepcopy(model).to(torch.bfloat16), tok, out, labels)
+    return {'runtime': 'torch', 'quantize': None, 'dtype': 'bf16', 'weights': 'model.safetensors'}
+
 def export_int8(model, tok, labels, out:Path)->dict:
     "fp32 safetensors, quantised to int8 (Linear layers) when the folder is loaded"
     return {**export_merged(model, tok, labels, out), 'quantize': 'int8-dynamic'}
@@ -300,13 +326,13 @@ def export_onnx_fp32(model, tok, labels, out:Path)->dict:
     return {'runtime': 'onnxruntime', 'quantize': None, 'weights': 'model.onnx'}
 
 def export_onnx_int8(model, tok, labels, out:Path)->dict:
-    "An ONNX file with int8 MatMul weights, run by ONNX Runtime"
+    "An ONNX file with block-wise int8 weights and activations (`quantize_onnx`'s defaults), run by ONNX Runtime"
     info = export_onnx_fp32(model, tok, labels, out)
     fp32 = out/'model.onnx'; tmp = out/'model-fp32.onnx'; fp32.rename(tmp)
     quantize_onnx(tmp, fp32); tmp.unlink()
-    return {**info, 'quantize': 'int8-dynamic'}
+    return {**info, 'quantize': 'int8-block16'}
 
-EXPORTERS = {'merged': export_merged, 'int8': export_int8, 'onnx': export_onnx_fp32, 'onnx-int8': export_onnx_int8}
+EXPORTERS = {'merged': export_merged, 'bf16': export_bf16, 'int8': export_int8, 'onnx': export_onnx_fp32, 'onnx-int8': export_onnx_int8}
 
 # %% ../nbs/10_deploy.ipynb #b3639541
 def load_deployed(
@@ -325,6 +351,7 @@ def load_deployed(
     elif spec['runtime'] == 'torch':
         model, tok = build_pruned(folder)
         if spec.get('quantize') == 'int8-dynamic': model, device = quantize_int8(model), 'cpu'
+        if spec.get('dtype') == 'bf16' and choose_precision('auto', device) == 'bf16': model = model.to(torch.bfloat16)
     else: raise SpecftModelError(f"{folder/'deploy.json'}: unknown runtime {spec['runtime']!r}; re-export with this specft.")
     return Predictor(model, tok, labels, run['preprocessing'], device)
 

@@ -67,7 +67,7 @@ def test_distill_loss_matches_torch():
           + (1 - a) * torch.nn.functional.cross_entropy(zs, y)
     torch.testing.assert_close(distill_loss(zs, zt, y, T, a), ref)
 
-@pytest.mark.parametrize('fmt', ['merged', 'int8', 'onnx', 'onnx-int8'])
+@pytest.mark.parametrize('fmt', ['merged', 'bf16', 'int8', 'onnx', 'onnx-int8'])
 def test_export_formats_read_like_a_run_folder(tiny, tmp_path, fmt):
     run_dir, pred, texts, y, P = tiny
     out = tmp_path/fmt
@@ -87,7 +87,7 @@ def test_export_keep_layers_with_distillation(tiny, tmp_path):
     assert 'Encoder layers kept: 1 of 2' in (tmp_path/'k1'/'card.md').read_text()
 
 def test_exporters_are_a_registry():
-    assert list(EXPORTERS) == ['merged', 'int8', 'onnx', 'onnx-int8']
+    assert list(EXPORTERS) == ['merged', 'bf16', 'int8', 'onnx', 'onnx-int8']
 
 def test_cli_export_and_errors(tiny, tmp_path, capsys):
     run_dir, *_ = tiny
