@@ -4,7 +4,7 @@ as a second segment (`--text-pair-col condition`), with the example rules as lea
 offset`), and with the rules overriding the default model post hoc (threshold chosen on validation), each on the same
 seeds and therefore the same splits, with the paired TF-IDF baseline (which reads the condition too in the pair arm).
 
-    python bench/knowledge.py              # MiniLM, the default recipe, seeds 0 1 2 (about 35 minutes on the loaded 2-core VM)
+    python bench/knowledge.py --epochs 3 --max-len 128   # MiniLM, seeds 0 1 2: what fitted ~35 minutes on the loaded 2-core VM
     python bench/knowledge.py --quick      # the tiny model, 1 epoch on 60 rows, seed 0: a smoke test (results to a temp file)
 
 Writes bench/knowledge_results.json after every run (so a stopped bench keeps what it finished); `nbs/20_knowledge.ipynb`
@@ -54,12 +54,14 @@ def main(argv=None):
     ap.add_argument('--quick', action='store_true', help='the tiny model, 1 epoch on 60 rows, seed 0; results to a temporary file')
     ap.add_argument('--seeds', type=int, nargs='+', default=None, help='default: 0 1 2 (0 with --quick)')
     ap.add_argument('--arms', nargs='+', default=['default', 'pair', 'override', 'offset'], help='default pair override offset')
+    ap.add_argument('--epochs', type=int, default=None, help="default: the recipe's (RunConfig.epochs)")
+    ap.add_argument('--max-len', type=int, default=None, help="default: the recipe's (RunConfig.max_len)")
     ap.add_argument('--out', default=None, help='default: bench/knowledge_results.json; with --quick a temporary file')
     a = ap.parse_args(argv)
     seeds = a.seeds or ([0] if a.quick else [0, 1, 2])
     a.out = a.out or (tempfile.mkdtemp(prefix='specft-bench-') + '/knowledge_quick.json' if a.quick else
                       str(Path(__file__).with_name('knowledge_results.json')))
-    base = RunConfig(**(QUICK if a.quick else {}))
+    base = RunConfig(**(QUICK if a.quick else {}), **{k: v for k, v in (('epochs', a.epochs), ('max_len', a.max_len)) if v is not None})
     res = {'command': 'python bench/knowledge.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
            'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
            'torch': torch.__version__, 'threads': torch.get_num_threads(), 'config': dataclasses.asdict(base),
