@@ -223,7 +223,8 @@ def stats(self:Rules, texts, labels)->pd.DataFrame:
 class RuleHead(nn.Linear):
     "The classifier's linear head plus a learned offset per rule on its label's logit: W z + b + sum_r h_r s theta_r e_{y_r}"
     def __init__(self, linear:nn.Linear, rule_label_ids:list[int], scale:float=100.0):
-        super().__init__(linear.in_features, linear.out_features, device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.random.fork_rng(devices=[]):   # nn.Linear draws random weights; the caller's generator is left as it was
+            super().__init__(linear.in_features, linear.out_features, device=linear.weight.device, dtype=linear.weight.dtype)
         self.load_state_dict(linear.state_dict())
         self.rule_theta = nn.Parameter(torch.zeros(len(rule_label_ids)))   # starts at 0: the model is unchanged
         self.scale = scale
@@ -379,6 +380,7 @@ def apply_rules_in_run(model, tok, data, cfg, out:Path, P:np.ndarray)->tuple[np.
     "Copy the rules into the run folder with their training and validation precision and coverage; in override mode choose its threshold on validation and apply it to the test probabilities `P`"
     from specft.pipeline import _encode
     from specft.train import predict_logits
+    from specft.core import choose_precision
     names = data.labels.names
     rules = read_rules(cfg.rules, names)
     ids = [names.index(l) for l in rules.labels]
@@ -389,7 +391,8 @@ def apply_rules_in_run(model, tok, data, cfg, out:Path, P:np.ndarray)->tuple[np.
     if cfg.rules_mode == 'offset':
         rec['offsets'] = [round(float(v), 4) for v in model.head.offsets.detach().cpu()]
     else:
-        P_val = predict_logits(model, _encode(tok, data.val, data.labels, cfg), device=cfg.device).softmax(-1).numpy()
+        P_val = predict_logits(model, _encode(tok, data.val, data.labels, cfg), device=cfg.device,
+                               precision=choose_precision(cfg.precision, cfg.device)).softmax(-1).numpy()   # as the test rows
         t, table = choose_min_precision(P_val, rules.hits(data.val['text'].tolist()), data.labels.encode(data.val['label']),
                                         stats['train']['precision'].to_numpy(), ids, names)
         active = (np.nan_to_num(stats['train']['precision'].to_numpy(), nan=-1.0) > t).tolist()
