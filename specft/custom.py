@@ -18,7 +18,7 @@ from .evaluate import compute_metrics, fit_baseline, metrics_table
 from .peft import PEFT_METHODS, peft_callbacks, save_peft
 from .pipeline import (RunConfig, RunResult, PreparedData, Predictor, check_config, prepare_data, build_model, peft_settings,
                        preprocessing_of, versions, git_commit, default_run_dir, model_card, run, _encode)
-from .knowledge import baseline_texts
+from .knowledge import baseline_texts, save_rules
 
 # %% auto #0
 __all__ = ['PERTURBATIONS', 'check_folds', 'cv_folds', 'cv_pool', 'fold_parts', 'fit_member', 'CVResult', 'prepare_out_dir',
@@ -119,6 +119,7 @@ def fit_member(
                'evaluated_on': note, 'baseline': {**compute_metrics(y, base.tolist(), labels.names), **counts}}
     if peft: save_peft(model, tok, out, labels.names, peft)
     else: save_classifier(model, tok, out, labels.names)
+    if cfg.rules is not None: save_rules(cfg, out, labels.names, model)   # lesson 20: the rule file and the learned offsets
     (out/'metrics.json').write_text(json.dumps(metrics, indent=2))
     (out/'card.md').write_text(f"> {note}: the 'test' metrics below score those held-out rows.\n\n" + model_card(info, metrics))
     remove_checkpoints(out, keep_steps=cfg.keep_checkpoints)

@@ -24,7 +24,7 @@ __all__ = ['PAIR_TRUNCATION', 'DRUG_RULES', 'RULES_MODES', 'encode_pairs', 'Know
            'preprocess_pairs', 'prepare_pair_column', 'baseline_texts', 'Rule', 'Rules', 'read_rules', 'RuleHead',
            'RuleClassifier', 'override_probs', 'choose_min_precision', 'coarse_probs', 'coarse_metrics',
            'read_label_map', 'check_knowledge', 'check_against_labels', 'knowledge_record', 'with_rule_offsets',
-           'knowledge_loader', 'apply_rules_in_run', 'coarse_in_run', 'load_knowledge', 'check_pairs',
+           'knowledge_loader', 'apply_rules_in_run', 'save_rules', 'coarse_in_run', 'load_knowledge', 'check_pairs',
            'knowledge_proba', 'run_pair_col', 'read_text_pairs']
 
 # %% ../nbs/20_knowledge.ipynb #d0fd2581
@@ -384,13 +384,9 @@ def apply_rules_in_run(model, tok, data, cfg, out:Path, P:np.ndarray)->tuple[np.
     names = data.labels.names
     rules = read_rules(cfg.rules, names)
     ids = [names.index(l) for l in rules.labels]
-    shutil.copyfile(cfg.rules, out/('rules' + Path(cfg.rules).suffix.lower()))
     stats = {s: rules.stats(df['text'], df['label']) for s, df in (('train', data.train), ('val', data.val))}
-    rec = {'mode': cfg.rules_mode, 'source': str(cfg.rules), 'rules': [dataclasses.asdict(r) for r in rules.rules],
-           'stats': {s: json.loads(t.reset_index().to_json(orient='records')) for s, t in stats.items()}}
-    if cfg.rules_mode == 'offset':
-        rec['offsets'] = [round(float(v), 4) for v in model.head.offsets.detach().cpu()]
-    else:
+    rec = save_rules(cfg, out, names, model, stats={s: json.loads(t.reset_index().to_json(orient='records')) for s, t in stats.items()})
+    if cfg.rules_mode == 'override':
         P_val = predict_logits(model, _encode(tok, data.val, data.labels, cfg), device=cfg.device,
                                precision=choose_precision(cfg.precision, cfg.device)).softmax(-1).numpy()   # as the test rows
         t, table = choose_min_precision(P_val, rules.hits(data.val['text'].tolist()), data.labels.encode(data.val['label']),
@@ -399,8 +395,17 @@ def apply_rules_in_run(model, tok, data, cfg, out:Path, P:np.ndarray)->tuple[np.
         P, first = override_probs(P, rules.hits(data.test['text'].tolist()), ids, active)
         rec.update(min_precision=t, active=active, threshold_table=table.to_dict('records'),
                    test_rows_overridden=int((first >= 0).sum()))
-    (out/'rules.json').write_text(json.dumps(rec, indent=2))
+        (out/'rules.json').write_text(json.dumps(rec, indent=2))
     return P, {k: rec[k] for k in ('mode', 'min_precision', 'test_rows_overridden', 'offsets') if k in rec}
+
+def save_rules(cfg, out:Path, labels:list[str], model, **extra)->dict:
+    "Copy the rule file of run `cfg` into the run folder `out` and write `rules.json` (the learned offsets, in offset mode); its record"
+    rules = read_rules(cfg.rules, labels)
+    shutil.copyfile(cfg.rules, Path(out)/('rules' + Path(cfg.rules).suffix.lower()))
+    rec = {'mode': cfg.rules_mode, 'source': str(cfg.rules), 'rules': [dataclasses.asdict(r) for r in rules.rules], **extra}
+    if cfg.rules_mode == 'offset': rec['offsets'] = [round(float(v), 4) for v in model.head.offsets.detach().cpu()]
+    (Path(out)/'rules.json').write_text(json.dumps(rec, indent=2))
+    return rec
 
 def coarse_in_run(cfg, data, P:np.ndarray, base_P:np.ndarray)->dict:
     "metrics.json's 'coarse': test metrics on the coarse labels, summed and mapped, for the model and the baseline"

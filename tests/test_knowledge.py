@@ -167,3 +167,11 @@ def test_cv_with_pairs(files, tmp_path):
     res = run_cv(RunConfig(**TINY, data=str(files/'train.csv'), text_pair_col='field', out=str(tmp_path/'cv')), folds=2)
     assert len(res.oof) > 0 and set(res.per_fold.fold) == {1, 2}
     assert json.loads((tmp_path/'cv'/'fold-1'/'run.json').read_text())['preprocessing']['text_pair']['column'] == 'field'
+
+def test_cv_with_rule_offsets(files, tmp_path):
+    res = run_cv(RunConfig(**TINY, data=str(files/'train.csv'), rules=str(files/'rules.csv'), out=str(tmp_path/'cv')), folds=2)
+    fold = tmp_path/'cv'/'fold-1'
+    assert (fold/'rules.csv').is_file() and len(json.loads((fold/'rules.json').read_text())['offsets']) == 2
+    pred = Predictor.load(fold, device='cpu')
+    assert isinstance(pred.model, RuleClassifier) and pred.predict_proba(['excellent', 'awful']).shape == (2, 3)
+    assert Predictor.load(tmp_path/'cv', device='cpu').predict_proba(['excellent']).shape == (1, 3)   # the fold ensemble
