@@ -60,12 +60,14 @@ def build_parser()->argparse.ArgumentParser:
     e.add_argument('run_dir'); e.add_argument('--data', required=True, help='labelled csv/tsv/jsonl/parquet file')
     e.add_argument('--text-col', default='text'); e.add_argument('--label-col', default='label')
     e.add_argument('--device', default='auto')
+    e.add_argument('--text-pair-col', help="a run trained with text pairs: the file's pair column (default: the run's own)")
     e.add_argument('--perturb', help='also score perturbed copies of the texts: typos, case, or both (comma-separated)')
     e.add_argument('--perturb-rate', type=float, default=0.1, help='the chance that each word is perturbed'); e.add_argument('--seed', type=int, default=0)
     q = sub.add_parser('predict', help='predict labels of texts with a run folder (JSON lines)')
     q.add_argument('run_dir'); q.add_argument('texts', nargs='*', metavar='TEXT')
     q.add_argument('--file', help='a .txt file (one text per line) or a csv/tsv/jsonl/parquet file with --text-col')
     q.add_argument('--text-col', default='text'); q.add_argument('--device', default='auto')
+    q.add_argument('--text-pair-col', help="a run trained with text pairs: the --file's pair column (default: the run's own)")
     q.add_argument('--batch-size', type=int, default=32, help='texts per forward pass (batched: several times faster per text than 1)')
     add_deploy_commands(sub)
     add_cv_command(sub)
@@ -170,10 +172,16 @@ def _evaluate(a):
         from specft.custom import evaluate_robustness
         kinds = [k.strip() for k in a.perturb.split(',') if k.strip()]
         res = evaluate_robustness(a.run_dir, a.data, a.text_col, a.label_col, kinds, a.perturb_rate, a.seed, a.device)
-    else: res = evaluate_run(a.run_dir, a.data, a.text_col, a.label_col, a.device)
+    else: res = evaluate_run(a.run_dir, a.data, a.text_col, a.label_col, a.device, a.text_pair_col)
     print(json.dumps(res, indent=2))
 
 def _predict(a):
+    from specft.knowledge import read_text_pairs, run_pair_col
+    pair_col = a.text_pair_col or run_pair_col(a.run_dir)
+    if pair_col and a.file and not a.texts:   # lesson 20: each text with its second segment, from the file
+        texts, pairs = read_text_pairs(a.file, a.text_col, pair_col)
+        for row in Predictor.load(a.run_dir, a.device, a.batch_size).predict(texts, pairs): print(json.dumps(row, ensure_ascii=False))
+        return
     texts = list(a.texts) + (read_texts(a.file, a.text_col) if a.file else [])
     if not texts: raise SpecftConfigError("specft predict: no texts given. Pass texts as arguments or --file FILE.")
     rows = (predict_matches(a.run_dir, texts, a.device, a.batch_size) if is_matching_run(a.run_dir) else

@@ -130,11 +130,13 @@ def load_drug_reviews(
     task:str='rating',  # 'rating' (negative/neutral/positive) or 'condition'
     top_k:int=5,        # condition task: how many conditions to keep
     other:bool=False,   # condition task: relabel the rest 'other' instead of dropping
+    text_pair_col:str|None=None, # a raw column to keep as `text_pair` (a second segment, lesson 20): 'condition' or 'drugName'
 )->Corpus:
     "The bundled drug-review corpus for `task`, with its shipped test split"
     if task not in ('rating', 'condition'):
         raise SpecftConfigError(f"unknown task '{task}' for drug-reviews; use --task rating or --task condition.")
     raw = {s: read_drug_reviews(s) for s in ('train', 'test')}
+    if text_pair_col is not None: _check_pair_col(raw['train'], text_pair_col, task)
     report = {'sha256': _sha256(drug_reviews_path())}
     if task == 'rating':
         frames = {s: pd.DataFrame({'text': r.review, 'label': r.rating, 'row': r.row}) for s, r in raw.items()}
@@ -143,8 +145,23 @@ def load_drug_reviews(
         frames = {}
         for s, r in raw.items(): frames[s], report[f'dropped_{s}'] = condition_frame(r, classes, other)
         report.update(classes=classes, top_k=top_k, other=other)
+    if text_pair_col is not None: frames = {s: _with_pair(df, raw[s], text_pair_col) for s, df in frames.items()}
     return Corpus('drug-reviews', frames['train'], frames['test'], f'{DRUG_REVIEWS_PIP} (assets/drugsCom.zip)',
                   DRUG_REVIEWS_CITATION, task, report)
+
+def _check_pair_col(raw:pd.DataFrame, col:str, task:str):
+    "Refuse a text-pair column the raw drug-review table lacks, or one that is the label of `task`"
+    ok = [c for c in raw.columns if c not in ('review', 'rating', 'row', 'Unnamed: 0') and not (task == 'condition' and c == 'condition')]
+    if col not in ok:
+        why = " (it is the label of --task condition)" if col in ('condition', 'rating') else ''
+        raise SpecftDataError(f"text-pair column '{col}' is not available{why} in drug-reviews --task {task}; its columns "
+                              f"are: {', '.join(ok)}. Pass one of them with --text-pair-col, or drop the flag.")
+
+def _with_pair(df:pd.DataFrame, raw:pd.DataFrame, col:str)->pd.DataFrame:
+    "`df` with a `text_pair` column: `col` of the raw table by row; missing and junk values ('... users found this comment helpful') empty"
+    v = raw.set_index('row')[col].astype(object)
+    v = v.where(v.notna() & ~v.astype(str).str.contains(JUNK_CONDITION), '')
+    return df.assign(text_pair=df['row'].map(v).astype(str).tolist())
 
 # %% ../nbs/03a_corpus.ipynb #968200ee
 @dataclass
@@ -187,7 +204,7 @@ def data_task(
     return task
 
 register_data(NamedData('drug-reviews', ('rating', 'condition'), load_drug_reviews, DRUG_REVIEWS_PIP,
-                        '979 drug reviews from drugs.com (UCI Drug Review Dataset subset), CC BY 4.0', ('top_k', 'other')))
+                        '979 drug reviews from drugs.com (UCI Drug Review Dataset subset), CC BY 4.0', ('top_k', 'other', 'text_pair_col')))
 
 # %% ../nbs/03a_corpus.ipynb #d09156d9
 def _position(raw:bytes, i:int)->tuple[int, int]:
@@ -421,10 +438,14 @@ def make_frame(
     label_col:str='label', # the column with the labels
     where:str='the data', # the source, for messages
     drop_empty:bool=False, # drop rows with an empty text or label (and report them) instead of failing
+    pair_col:str|None=None, # a second text column, kept as `text_pair` (missing values become ''); None: none
 )->tuple[pd.DataFrame, dict]: # text/label/row frame, and the rows dropped by reason
     "The text/label/row frame of a table, refusing (or with `drop_empty`, dropping and reporting) empty rows"
     if 'row' not in df.columns: df = df.assign(row=np.arange(1, len(df)+1))
     tc, lc = _pick_column(df, text_col, 'text', where), _pick_column(df, label_col, 'label', where)
+    if pair_col is not None and pair_col not in df.columns:
+        raise SpecftDataError(f"text-pair column '{pair_col}' not found in {where}; its columns are: "
+                              f"{', '.join(str(c) for c in df.columns if c != 'row')}. Pass one with --text-pair-col NAME, or drop it.")
     text, label, rows = df[tc], df[lc], df['row']
     for col, kind, values in ((tc, 'text', text), (lc, 'label', label)): _check_scalars(values, rows, col, kind, where)
     empty_text = text.isna() | text.map(lambda t: isinstance(t, str) and not t.strip())
@@ -440,6 +461,9 @@ def make_frame(
     keep = ~bad
     out = pd.DataFrame({'text': text[keep].astype(str), 'label': normalise_labels(label[keep], rows[keep], f'{where} (column {lc!r})'),
                         'row': rows[keep].astype(int)})
+    if pair_col is not None:
+        _check_scalars(df[pair_col], rows, pair_col, 'text', where)
+        out['text_pair'] = [str(v) if isinstance(v, str) or pd.notna(v) else '' for v in df[pair_col][keep]]
     return out.reset_index(drop=True), report
 
 # %% ../nbs/03a_corpus.ipynb #b24feb47
@@ -478,7 +502,7 @@ def _load_datasets(data, where:str)->dict:
                               "or export it as csv/jsonl.") from e
     return {'train': ds} if isinstance(ds, datasets.Dataset) else dict(ds)
 
-def _frames_from_splits(splits:dict, text_col, label_col, where, drop_empty)->tuple:
+def _frames_from_splits(splits:dict, text_col, label_col, where, drop_empty, pair_col=None)->tuple:
     "Train and test frames (test None if absent) from a dict of datasets splits"
     if 'train' not in splits:
         raise SpecftDataError(f"{where} has no 'train' split (its splits: {', '.join(splits)}); save the split to use as 'train'.")
@@ -486,7 +510,7 @@ def _frames_from_splits(splits:dict, text_col, label_col, where, drop_empty)->tu
     for s in ('train', 'test'):
         if s in splits:
             out[s], report[f'dropped_{s}'] = make_frame(_frame_from_dataset(splits[s], text_col, label_col),
-                                                        text_col, label_col, f"{where} split '{s}'", drop_empty)
+                                                        text_col, label_col, f"{where} split '{s}'", drop_empty, pair_col)
     return out['train'], out.get('test'), report
 
 # %% ../nbs/03a_corpus.ipynb #db383349
@@ -500,6 +524,7 @@ def load_corpus(
     other:bool=False,        # condition task: relabel the remaining conditions 'other' instead of dropping them
     drop_empty:bool=False,   # drop (and report) rows with an empty text or label instead of failing
     encoding:str|None=None,  # force the text encoding of files (default: UTF-8, or a clearly detected cp1252)
+    text_pair_col:str|None=None, # a second text column, kept as a `text_pair` column (lesson 20); None: none
 )->Corpus:
     "Load a labelled corpus from a named data set, a file, a frame, a dataset or the hub"
     task = data_task(data, task)
@@ -508,36 +533,41 @@ def load_corpus(
         if (text_col, label_col) != ('text', 'label'):
             raise SpecftConfigError(f"--text-col/--label-col apply to your own data; {nd.name} chooses the label with "
                                     f"{_task_flags(nd)}.")
-        corpus = nd.load(task, **{k: v for k, v in dict(top_k=top_k, other=other).items() if k in nd.options})
-        if test_data is not None: corpus.test, corpus.report['test'] = _load_test(test_data, text_col, label_col, drop_empty, encoding)
+        if text_pair_col is not None and 'text_pair_col' not in nd.options:
+            raise SpecftConfigError(f"--text-pair-col: the data set {nd.name} keeps only its texts and labels; "
+                                    "export it to a file with the column and pass --data FILE.")
+        opts = dict(top_k=top_k, other=other, text_pair_col=text_pair_col)
+        corpus = nd.load(task, **{k: v for k, v in opts.items() if k in nd.options and (k != 'text_pair_col' or v is not None)})
+        if test_data is not None:
+            corpus.test, corpus.report['test'] = _load_test(test_data, text_col, label_col, drop_empty, encoding, text_pair_col)
         return corpus
     report, test = {}, None
     if isinstance(data, pd.DataFrame):
         name, source = 'dataframe', 'a pandas DataFrame'
-        train, report['dropped_train'] = make_frame(data, text_col, label_col, 'the DataFrame', drop_empty)
+        train, report['dropped_train'] = make_frame(data, text_col, label_col, 'the DataFrame', drop_empty, text_pair_col)
     elif isinstance(data, str) and data.startswith('hf:'):
         name, source = data[3:], data
-        train, test, report = _frames_from_splits(_load_datasets(data[3:], f"hub dataset '{data[3:]}'"), text_col, label_col, data, drop_empty)
+        train, test, report = _frames_from_splits(_load_datasets(data[3:], f"hub dataset '{data[3:]}'"), text_col, label_col, data, drop_empty, text_pair_col)
     elif isinstance(data, (str, Path)) and Path(data).is_dir():
         name, source = Path(data).name, str(data)
-        train, test, report = _frames_from_splits(_load_datasets(Path(data), f"folder '{data}'"), text_col, label_col, str(data), drop_empty)
+        train, test, report = _frames_from_splits(_load_datasets(Path(data), f"folder '{data}'"), text_col, label_col, str(data), drop_empty, text_pair_col)
     elif isinstance(data, (str, Path)):
         df, info = read_table(data, encoding)
         name, source = Path(data).stem, str(data)
-        train, report['dropped_train'] = make_frame(df, text_col, label_col, str(data), drop_empty)
+        train, report['dropped_train'] = make_frame(df, text_col, label_col, str(data), drop_empty, text_pair_col)
         report.update(info)
     else:  # a datasets.Dataset or DatasetDict
         name, source = 'dataset', f'a {type(data).__name__}'
-        train, test, report = _frames_from_splits(_load_datasets(data, 'the dataset'), text_col, label_col, 'the dataset', drop_empty)
-    if test_data is not None: test, report['test'] = _load_test(test_data, text_col, label_col, drop_empty, encoding)
+        train, test, report = _frames_from_splits(_load_datasets(data, 'the dataset'), text_col, label_col, 'the dataset', drop_empty, text_pair_col)
+    if test_data is not None: test, report['test'] = _load_test(test_data, text_col, label_col, drop_empty, encoding, text_pair_col)
     _check_two_classes(train, source, label_col)
     return Corpus(name, train, test, source, None, label_col, report)
 
-def _load_test(test_data, text_col, label_col, drop_empty, encoding)->tuple[pd.DataFrame, dict]:
+def _load_test(test_data, text_col, label_col, drop_empty, encoding, pair_col=None)->tuple[pd.DataFrame, dict]:
     "The frame of a separate test file or DataFrame"
-    if isinstance(test_data, pd.DataFrame): return make_frame(test_data, text_col, label_col, 'the test DataFrame', drop_empty)
+    if isinstance(test_data, pd.DataFrame): return make_frame(test_data, text_col, label_col, 'the test DataFrame', drop_empty, pair_col)
     df, info = read_table(test_data, encoding)
-    test, dropped = make_frame(df, text_col, label_col, str(test_data), drop_empty)
+    test, dropped = make_frame(df, text_col, label_col, str(test_data), drop_empty, pair_col)
     return test, {**info, 'dropped': dropped}
 
 def _check_two_classes(train:pd.DataFrame, where:str, label_col:str):

@@ -18,6 +18,7 @@ from .evaluate import compute_metrics, fit_baseline, metrics_table
 from .peft import PEFT_METHODS, peft_callbacks, save_peft
 from .pipeline import (RunConfig, RunResult, PreparedData, Predictor, check_config, prepare_data, build_model, peft_settings,
                        preprocessing_of, versions, git_commit, default_run_dir, model_card, run, _encode)
+from .knowledge import baseline_texts, save_rules
 
 # %% auto #0
 __all__ = ['PERTURBATIONS', 'check_folds', 'cv_folds', 'cv_pool', 'fold_parts', 'fit_member', 'CVResult', 'prepare_out_dir',
@@ -102,7 +103,7 @@ def fit_member(
     "Train the recipe `cfg` on `train`, write a run folder to `out`, and predict `held` with the model and the paired baseline"
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
-    model, tok, peft = build_model(cfg, len(labels))
+    model, tok, peft = build_model(cfg, len(labels), labels.names)
     info = _run_info(cfg, data, labels, model, {'train': len(train), 'val': len(val), 'test': len(held)}, held_out=note)
     (out/'run.json').write_text(json.dumps(info, indent=2)); labels.save(out/'labels.json')
     probs = _EpochProbs(labels.names) if val is held else None
@@ -112,12 +113,13 @@ def fit_member(
                 out_dir=out, labels=labels.names)
     held_dl = val_dl if val is held else _encode(tok, held, labels, cfg)
     P = predict_logits(model, held_dl, device=cfg.device, precision=choose_precision(cfg.precision, cfg.device)).softmax(-1).numpy()
-    y, base = labels.encode(held['label']), fit_baseline(train['text'], labels.encode(train['label'])).predict(held['text'].tolist())
+    y, base = labels.encode(held['label']), fit_baseline(baseline_texts(train), labels.encode(train['label'])).predict(baseline_texts(held))
     counts = {'n_test': len(held), 'n_train': len(train), 'n_val': len(val), 'n_leaked_test': 0}
     metrics = {**compute_metrics(y, P.argmax(-1).tolist(), labels.names), **counts, 'best_epoch': state.kept_epoch,
                'evaluated_on': note, 'baseline': {**compute_metrics(y, base.tolist(), labels.names), **counts}}
     if peft: save_peft(model, tok, out, labels.names, peft)
     else: save_classifier(model, tok, out, labels.names)
+    if cfg.rules is not None: save_rules(cfg, out, labels.names, model)   # lesson 20: the rule file and the learned offsets
     (out/'metrics.json').write_text(json.dumps(metrics, indent=2))
     (out/'card.md').write_text(f"> {note}: the 'test' metrics below score those held-out rows.\n\n" + model_card(info, metrics))
     remove_checkpoints(out, keep_steps=cfg.keep_checkpoints)

@@ -130,14 +130,15 @@ class Classifier(nn.Module):
         self.head = nn.Linear(backbone.config.hidden_size, num_labels)
         nn.init.normal_(self.head.weight, std=0.02); nn.init.zeros_(self.head.bias)
 
-    def embed(self, input_ids:torch.Tensor, attention_mask:torch.Tensor)->torch.Tensor:
-        "The pooled vector z [B, d] of each text"
-        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def embed(self, input_ids:torch.Tensor, attention_mask:torch.Tensor, token_type_ids:torch.Tensor|None=None)->torch.Tensor:
+        "The pooled vector z [B, d] of each text (`token_type_ids`: the segments of text pairs, lesson 20)"
+        seg = {} if token_type_ids is None else {'token_type_ids': token_type_ids}
+        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **seg).last_hidden_state
         return pool(h, attention_mask, self.pooling)
 
-    def forward(self, input_ids:torch.Tensor, attention_mask:torch.Tensor)->torch.Tensor:
+    def forward(self, input_ids:torch.Tensor, attention_mask:torch.Tensor, token_type_ids:torch.Tensor|None=None)->torch.Tensor:
         "Float32 logits [B, num_labels]"
-        return self.head(self.dropout(self.embed(input_ids, attention_mask))).float()
+        return self.head(self.dropout(self.embed(input_ids, attention_mask, token_type_ids))).float()
 
 # %% ../nbs/05_model.ipynb #bfd52c85
 def tiny_config(vocab_size:int=30522, pad_token_id:int=0)->BertConfig:

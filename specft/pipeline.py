@@ -20,7 +20,9 @@ from .model import METHODS, POOLINGS, build_classifier, save_classifier, load_cl
 from .train import (TrainConfig, TrainState, check_train_config, predict_logits, latest_checkpoint,
                           remove_checkpoints)
 from .distributed import fit, init_distributed, on_main, is_main, enable_grad_checkpointing   # fit: train.fit, data-parallel under torchrun
-from .evaluate import compute_metrics, baseline_metrics, metrics_table
+from .evaluate import compute_metrics, baseline_metrics, metrics_table, fit_baseline
+from .knowledge import (check_knowledge, check_against_labels, knowledge_record, prepare_pair_column, with_rule_offsets,
+                        knowledge_loader, apply_rules_in_run, coarse_in_run, baseline_texts, check_pairs, preprocess_pairs)
 from .core import md_table
 
 # %% auto #0
@@ -41,6 +43,10 @@ class RunConfig:
     task:str|None = None          # a named data set's task (drug-reviews: 'rating' or 'condition'); None: its default
     text_col:str = 'text'         # text column of a user file
     label_col:str = 'label'       # label column of a user file
+    text_pair_col:str|None = None # a second text column fed as the second segment, [CLS] text [SEP] pair [SEP] (drug-reviews: 'condition' or 'drugName'); None: the text alone
+    rules:str|None = None         # a rule file (csv or jsonl: pattern, label, optional name) whose matches enter the model (lesson 20); None: no rules
+    rules_mode:str = 'offset'     # how rules enter: 'offset' (a learned logit offset per rule) or 'override' (a matching rule sets the label; threshold chosen on validation)
+    label_groups:str|None = None  # a fine -> coarse label map (.json object or .csv fine,coarse): test metrics on the coarse labels too
     test_data:str|None = None     # a separate test file (else `test_frac` of the data)
     val_frac:float = 0.1          # share of the training rows kept for validation
     test_frac:float = 0.2         # share held out for test when there is no test file
@@ -123,6 +129,7 @@ def check_config(cfg:RunConfig)->RunConfig:
     if cfg.max_train_rows is not None and cfg.max_train_rows < 1:
         raise SpecftConfigError(f"--max-train-rows must be at least 1, got {cfg.max_train_rows}.")
     if cfg.resume and cfg.overwrite: raise SpecftConfigError("--resume and --overwrite contradict each other; give one.")
+    check_knowledge(cfg)
     check_train_config(cfg.train_config())
     return cfg
 
@@ -193,7 +200,8 @@ def data_sha256(*frames:pd.DataFrame)->str:
     h = hashlib.sha256()
     for df in frames:
         if df is None: continue
-        for t, l in zip(df['text'], df['label']): h.update(f"{t}\t{l}\n".encode())
+        for t, l, p in zip(df['text'], df['label'], df['text_pair'] if 'text_pair' in df else [None] * len(df)):
+            h.update((f"{t}\t{l}\n" if p is None else f"{t}\t{l}\t{p}\n").encode())
     return h.hexdigest()
 
 def versions()->dict:
@@ -215,7 +223,7 @@ def git_commit()->str|None:
 # %% ../nbs/09_pipeline.ipynb #124573bc
 def preprocessing_of(cfg:RunConfig)->dict:
     "The preprocessing record of a run with settings `cfg`: cleaning, masking, truncation"
-    return {**preprocessing_settings(mask_pii=cfg.mask_pii), 'max_len': cfg.max_len, 'truncation': 'head'}
+    return {**preprocessing_settings(mask_pii=cfg.mask_pii), 'max_len': cfg.max_len, 'truncation': 'head', **knowledge_record(cfg)}
 
 # %% ../nbs/09_pipeline.ipynb #52648f74
 @dataclass
@@ -230,10 +238,11 @@ class PreparedData:
 def prepare_data(cfg:RunConfig)->PreparedData:
     "Load, clean, mask and split the data of `cfg`, reporting every change"
     corpus = load_corpus(cfg.data, task=cfg.task, text_col=cfg.text_col, label_col=cfg.label_col, test_data=cfg.test_data,
-                         drop_empty=cfg.drop_empty)
+                         drop_empty=cfg.drop_empty, text_pair_col=cfg.text_pair_col)
     sha = data_sha256(corpus.train, corpus.test)
     corpus, prep = prepare_corpus(corpus, preprocessing_of(cfg))
     report = {'loading': corpus.report, **prep.to_dict()}
+    if cfg.text_pair_col is not None: corpus, report['text_pair'] = prepare_pair_column(corpus, preprocessing_of(cfg))
     splits = split_corpus(corpus, val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed)
     tr = splits.train
     if cfg.max_train_rows is not None and cfg.max_train_rows < len(tr):
@@ -255,6 +264,7 @@ def prepare_data(cfg:RunConfig)->PreparedData:
 def build_model(
     cfg:RunConfig,   # the run's settings
     num_labels:int,  # classes in the data
+    labels:list[str]|None=None, # their names (needed when rules enter as offsets, lesson 20)
 )->tuple:            # the classifier, its tokenizer, and the PEFT record (None for full and head)
     "The classifier of run `cfg`: fine-tuned fully, head only, with a PEFT method, or from a peft LoRA adapter folder"
     if is_peft_adapter(cfg.model):
@@ -268,7 +278,8 @@ def build_model(
     if cfg.method in PEFT_METHODS:
         return build_peft_classifier(cfg.model, num_labels, peft_settings(cfg), cfg.pooling, cfg.seed)
     model, tok = build_classifier(cfg.model, num_labels=num_labels, pooling=cfg.pooling, seed=cfg.seed)
-    return (freeze(model, 'head') if cfg.method == 'head' else model), tok, None
+    model = freeze(model, 'head') if cfg.method == 'head' else model
+    return (with_rule_offsets(model, cfg, labels) if cfg.rules is not None else model), tok, None
 
 # %% ../nbs/09_pipeline.ipynb #566a041c
 @dataclass
@@ -288,6 +299,8 @@ class RunResult:
 
 def _encode(tok, df:pd.DataFrame, labels:LabelMap, cfg:RunConfig, shuffle=False):
     "A length-bucketed loader over the rows of `df`"
+    if cfg.text_pair_col is not None or (cfg.rules is not None and cfg.rules_mode == 'offset'):   # lesson 20
+        return knowledge_loader(tok, df, labels.encode(df['label']), cfg, shuffle)
     ids = encode_texts(tok, df['text'].tolist(), cfg.max_len)
     return make_loader(ids, labels.encode(df['label']), cfg.batch_size, tok.pad_token_id, shuffle=shuffle, seed=cfg.seed)
 
@@ -300,7 +313,8 @@ def run(
     cfg, out = on_main(prepare_run_dir, check_config(config))
     set_seed(cfg.seed)
     data = prepare_data(cfg)
-    model, tok, peft = build_model(cfg, len(data.labels))
+    check_against_labels(cfg, data.labels.names)
+    model, tok, peft = build_model(cfg, len(data.labels), data.labels.names)
     if cfg.grad_checkpointing: enable_grad_checkpointing(model)
     info = {'config': asdict(cfg), 'preprocessing': preprocessing_of(cfg), 'labels': data.labels.names,
             'data': {'name': data.corpus_name, 'source': data.source, 'citation': data.citation},
@@ -318,13 +332,18 @@ def run(
                 out_dir=out, labels=data.labels.names, resume=cfg.resume)
     if not is_main(): return RunResult(out, {}, {}, state)   # the other processes of a data-parallel run stop here
     probs = predict_logits(model, test_dl, device=cfg.device, precision=choose_precision(cfg.precision, cfg.device)).softmax(-1)
+    probs, rules = apply_rules_in_run(model, tok, data, cfg, out, probs.numpy()) if cfg.rules is not None else (probs, None)
     y_true, y_pred = data.labels.encode(data.test['label']), probs.argmax(-1).tolist()
     metrics = compute_metrics(y_true, y_pred, data.labels.names)
-    base = baseline_metrics(data.train['text'].tolist(), data.labels.encode(data.train['label']),
-                            data.test['text'].tolist(), y_true, data.labels.names)
+    base = baseline_metrics(baseline_texts(data.train), data.labels.encode(data.train['label']),
+                            baseline_texts(data.test), y_true, data.labels.names)
     counts = {'n_test': len(data.test), 'n_train': len(data.train), 'n_val': len(data.val),
               'n_leaked_test': len(data.report['leaked_test_rows'])}
     metrics.update(counts, best_epoch=state.kept_epoch, baseline={**base, **counts})   # DESIGN's key for the kept epoch
+    if rules: metrics['rules'] = rules
+    if cfg.label_groups is not None:
+        base_P = fit_baseline(baseline_texts(data.train), data.labels.encode(data.train['label'])).predict_proba(baseline_texts(data.test))
+        metrics['coarse'] = coarse_in_run(cfg, data, np.asarray(probs), base_P)
     if peft: save_peft(model, tok, out, data.labels.names, peft)   # the adapter and the head, the backbone's name and hash
     else: save_classifier(model, tok, out, data.labels.names)
     (out/'metrics.json').write_text(json.dumps(metrics, indent=2))
@@ -432,25 +451,35 @@ class Predictor:
             return EnsemblePredictor.load(run_dir, device, batch_size)
         run_dir = check_run_dir(run_dir)
         info = json.loads((run_dir/'run.json').read_text())
+        if info['preprocessing'].get('rules'):   # lesson 20: the model with its rule offsets, or the rules that override it
+            from specft.knowledge import load_knowledge
+            model, tok, k = load_knowledge(run_dir, info['preprocessing'])
+            pred = cls(model, tok, LabelMap.load(run_dir/'labels.json').names, info['preprocessing'], device, batch_size)
+            pred.knowledge = k
+            return pred
         model, tok = load_peft(run_dir) if peft_record(run_dir) else load_classifier(run_dir)
         return cls(model, tok, LabelMap.load(run_dir/'labels.json').names, info['preprocessing'], device, batch_size)
 
-    def predict_proba(self, texts)->np.ndarray:
-        "Class probabilities, one row per text (a single string is one text)"
+    def predict_proba(self, texts, pairs=None)->np.ndarray:
+        "Class probabilities, one row per text (a single string is one text); `pairs`: one second segment per text, for a run trained with text pairs"
         texts = _texts(texts)
+        pairs = check_pairs(self.prep, len(texts), pairs)
         if not texts: return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return self.predict_prepared(preprocess_texts(texts, self.prep))
+        return self.predict_prepared(preprocess_texts(texts, self.prep), None if pairs is None else preprocess_pairs(pairs, self.prep))
 
-    def predict_prepared(self, texts:list[str])->np.ndarray:
-        "Class probabilities of texts already preprocessed as the run's own data was (`prepare_data`'s splits): no second pass"
+    def predict_prepared(self, texts:list[str], pairs:list[str]|None=None)->np.ndarray:
+        "Class probabilities of texts (and pairs) already preprocessed as the run's own data was (`prepare_data`'s splits): no second pass"
+        if self.prep.get('text_pair') or self.prep.get('rules'):   # lesson 20: two segments, rule hits
+            from specft.knowledge import knowledge_proba
+            return knowledge_proba(self, texts, check_pairs(self.prep, len(texts), pairs))
         ids = encode_texts(self.tok, texts, self.prep['max_len'], self.prep.get('truncation', 'head'))
         dl = make_loader(ids, None, self.batch_size, self.tok.pad_token_id, shuffle=False)
         return predict_logits(self.model, dl, device=self.device).softmax(-1).numpy()
 
-    def predict(self, texts)->list[dict]:
+    def predict(self, texts, pairs=None)->list[dict]:
         "For each text: the text, the predicted label and every label's probability; `empty: True` flags a blank text"
         texts = _texts(texts)
-        P = self.predict_proba(texts)
+        P = self.predict_proba(texts) if pairs is None else self.predict_proba(texts, pairs)   # subclasses (ensembles, exports) take texts alone
         return [{'text': t, 'label': self.labels[int(p.argmax())],
                  'probabilities': {l: round(float(q), 6) for l, q in zip(self.labels, p)}, **({} if t.strip() else {'empty': True})}
                 for t, p in zip(texts, P)]
@@ -462,10 +491,12 @@ def evaluate_run(
     text_col:str='text',     # its text column
     label_col:str='label',   # its label column
     device='auto',
+    text_pair_col:str|None=None, # its text-pair column, for a run trained with pairs (default: the run's own column name)
 )->dict:
     "Score a trained run on new labelled data, with the run's preprocessing"
     pred = Predictor.load(run_dir, device)
-    df, _ = make_frame(read_table(data)[0], text_col, label_col, str(data))
+    pair_col = text_pair_col or getattr(pred, 'prep', {}).get('text_pair', {}).get('column')
+    df, _ = make_frame(read_table(data)[0], text_col, label_col, str(data), pair_col=pair_col)
     y_true = LabelMap(pred.labels).encode(df['label'], rows=df['row'].tolist())
-    P = pred.predict_proba(df['text'].tolist())
+    P = pred.predict_proba(df['text'].tolist(), **({'pairs': df['text_pair'].tolist()} if pair_col else {}))
     return {**compute_metrics(y_true, P.argmax(-1).tolist(), pred.labels), 'n': len(df)}
