@@ -22,10 +22,10 @@ from .pipeline import Predictor, prepare_data, saved_config, _encode, check_run_
 
 # %% auto #0
 __all__ = ['ONNX_INPUTS', 'ONNX_SCHEMES', 'EXPORTERS', 'size_on_disk', 'state_bytes', 'latency', 'parity', 'quantize_int8',
-           'quiet_loggers', 'export_onnx', 'OrtClassifier', 'quantize_onnx', 'magnitude_prune', 'sparsity', 'spread',
-           'keep_layers', 'head_scores', 'prune_heads', 'weakest_heads', 'build_pruned', 'distill_loss', 'Distiller',
-           'distill', 'export_merged', 'export_bf16', 'export_int8', 'export_onnx_fp32', 'export_onnx_int8',
-           'load_deployed', 'length_bins', 'reference_of', 'plain_model', 'export_run']
+           'quiet_loggers', 'export_onnx', 'OrtClassifier', 'int8_embeddings', 'quantize_onnx', 'magnitude_prune',
+           'sparsity', 'spread', 'keep_layers', 'head_scores', 'prune_heads', 'weakest_heads', 'build_pruned',
+           'distill_loss', 'Distiller', 'distill', 'export_merged', 'export_bf16', 'export_int8', 'export_onnx_fp32',
+           'export_onnx_int8', 'load_deployed', 'length_bins', 'reference_of', 'plain_model', 'export_run']
 
 # %% ../nbs/10_deploy.ipynb #cc4d22e2
 def size_on_disk(
@@ -130,12 +130,39 @@ class OrtClassifier(nn.Module):
 # %% ../nbs/10_deploy.ipynb #3d445c75
 ONNX_SCHEMES = ('block', 'tensor')
 
+def int8_embeddings(
+    model,  # an `onnx.ModelProto`, changed in place
+):          # the same model
+    "Store every 2-D float table read by a `Gather` (the embeddings) in int8 with one scale per row"
+    from onnx import numpy_helper, helper, TensorProto
+    g = model.graph
+    tables = {i.name: i for i in g.initializer if i.data_type == TensorProto.FLOAT and len(i.dims) == 2}
+    done = set()
+    for n in list(g.node):
+        if n.op_type != 'Gather' or n.input[0] not in tables or any(a.name == 'axis' and a.i != 0 for a in n.attribute): continue
+        E = n.input[0]
+        if E not in done:
+            e = numpy_helper.to_array(tables[E])
+            s = (np.maximum(np.abs(e).max(1, keepdims=True), 1e-12) / 127).astype(np.float32)
+            g.initializer.remove(tables[E])
+            g.initializer.extend([numpy_helper.from_array(np.round(e / s).astype(np.int8), E + '.int8'),
+                                  numpy_helper.from_array(s, E + '.scale')])
+            done.add(E)
+        ids, out, at = n.input[1], n.output[0], list(g.node).index(n)
+        new = [helper.make_node('Gather', [E + '.int8', ids], [out + '.int8']),
+               helper.make_node('Cast', [out + '.int8'], [out + '.float'], to=TensorProto.FLOAT),
+               helper.make_node('Gather', [E + '.scale', ids], [out + '.scale']),
+               helper.make_node('Mul', [out + '.float', out + '.scale'], [out])]
+        g.node.remove(n)
+        for k, m in enumerate(new): g.node.insert(at + k, m)
+    return model
+
 def quantize_onnx(
     src:str|Path,         # an fp32 .onnx file
     dst:str|Path,         # the int8 .onnx file to write
     scheme:str='block',   # 'block': a scale per `block_size` values (MatMulNBits); 'tensor': one per matrix and batch
     block_size:int=16,    # values per scale along the input dimension, for scheme 'block' (16 to 256, a power of 2)
-    embeddings:bool=True, # store the embedding tables in int8 as well (one scale per table)
+    embeddings:bool=True, # scheme 'block': store the embedding tables in int8 too, a scale per row (`int8_embeddings`)
 )->Path:
     "int8 quantisation of an ONNX model's MatMul weights and activations with ONNX Runtime"
     import onnx
@@ -152,10 +179,8 @@ def quantize_onnx(
             return dst
         cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=8)
         q = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=cfg); q.process()
-        mid = dst.with_name(dst.stem + '-matmul.onnx') if embeddings else dst
-        q.model.save_model_to_file(str(mid), use_external_data_format=False)
-        if embeddings:
-            quantize_dynamic(str(mid), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=['Gather']); mid.unlink()
+    model = q.model.model
+    onnx.save(int8_embeddings(model) if embeddings else model, str(dst))
     return dst
 
 
