@@ -73,6 +73,7 @@ def build_parser()->argparse.ArgumentParser:
     add_cv_command(sub)
     add_match_command(sub)
     from specft.recommend import add_recommend_command; add_recommend_command(sub)
+    from specft.pretrain import add_pretrain_command; add_pretrain_command(sub)
     return p
 
 # %% ../nbs/12_cli.ipynb #cac275a9
@@ -138,6 +139,11 @@ def _recommend(a):
     "specft recommend: lesson 18_recommend's `recommend_command`"
     from specft.recommend import recommend_command
     recommend_command(a)
+
+def _pretrain(a):
+    "specft pretrain: lesson 19_pretrain's `pretrain_command`"
+    from specft.pretrain import pretrain_command
+    pretrain_command(a)
 
 # %% ../nbs/12_cli.ipynb #dab5af73
 def read_texts(path:str, text_col:str='text')->list[str]:
@@ -210,7 +216,7 @@ def main(argv=None)->int:
     try:
         if a.command == 'train': _train(a, argv)
         else: {'evaluate': _evaluate, 'predict': _predict, 'export': _export, 'serve': _serve, 'cv': _cv, 'match': match_command,
-               'recommend': _recommend}[a.command](a)
+               'recommend': _recommend, 'pretrain': _pretrain}[a.command](a)
     except SpecftError as e:
         print(f"specft {a.command}: error: {e}", file=sys.stderr)
         return 2
