@@ -122,7 +122,7 @@ def block_size_choice(run_dir, tmp, texts, P_ref, threads):
         pred = Predictor(OrtClassifier(q, threads), base.tok, base.labels, base.prep, 'cpu')
         t0 = time.perf_counter(); P = pred.predict_prepared(texts); secs = time.perf_counter() - t0
         kl = float((P_ref * (np.log(P_ref + 1e-12) - np.log(P + 1e-12))).sum(-1).mean())
-        out.append({'block_size': b, 'kl_vs_fp32': kl, 'agreement_vs_fp32': round(float((P.argmax(-1) == P_ref.argmax(-1)).mean()), 4),
+        out.append({'block_size': b, 'kl_vs_fp32': float(f'{kl:.3g}'), 'agreement_vs_fp32': round(float((P.argmax(-1) == P_ref.argmax(-1)).mean()), 4),
                     'texts_per_s': round(len(texts) / secs, 1)})
         print(' '.join(f'{k}={v}' for k, v in out[-1].items()), flush=True)
     return out

@@ -167,7 +167,9 @@ def quantize_onnx(
     "int8 quantisation of an ONNX model's MatMul weights and activations with ONNX Runtime"
     import onnx
     from onnxruntime.quantization import quantize_dynamic, QuantType
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer, DefaultWeightOnlyQuantConfig
+    root = logging.getLogger(); kept = root.level, list(root.handlers)
+    try: from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer, DefaultWeightOnlyQuantConfig
+    finally: root.setLevel(kept[0]); root.handlers[:] = kept[1]   # its import sets up logging for the whole process, at INFO
     if scheme not in ONNX_SCHEMES: raise SpecftConfigError(f"unknown int8 scheme {scheme!r}; use one of: {', '.join(ONNX_SCHEMES)}.")
     if block_size not in (16, 32, 64, 128, 256):
         raise SpecftConfigError(f"block_size must be 16, 32, 64, 128 or 256 (values per scale), got {block_size!r}.")

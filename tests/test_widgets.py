@@ -364,3 +364,16 @@ def test_show_fills_an_output_without_a_kernel():
     out = W.Output()
     show(out, pd.DataFrame({'a': [1]}), plot_progress([(1, 1.0)], [(1, {'loss': 1.0, 'accuracy': .5, 'macro_f1': .4})]), 'x')
     assert [list(o['data'])[0] for o in out.outputs] == ['text/html', 'image/png', 'text/plain']
+
+def test_custom_tab_sets_knowledge_and_adversarial_fields(tmp_path):
+    "The Custom tab's controls reach RunConfig: blank text is None, untouched controls stay at their defaults"
+    p = TrainPanel()
+    assert p.config() == RunConfig()   # an untouched panel is the default run
+    rules = tmp_path/'rules.csv'; rules.write_text('pattern,label\nworst,negative\n')
+    p.text_pair_col.value, p.rules.value, p.rules_mode.value = ' condition ', str(rules), 'override'
+    p.adversarial.value, p.adv_eps.value = 'fgm', 0.5
+    s = p.settings()
+    assert (s['text_pair_col'], s['rules'], s['rules_mode'], s['adversarial'], s['adv_eps']) == ('condition', str(rules), 'override', 'fgm', 0.5)
+    assert s['label_groups'] is None and s['adv_steps'] == RunConfig().adv_steps
+    cmd = config_to_command(RunConfig(**s))
+    assert all(f in cmd for f in ('--text-pair-col condition', '--rules-mode override', '--adversarial fgm', '--adv-eps 0.5')), cmd
