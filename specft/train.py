@@ -43,7 +43,7 @@ class TrainConfig:
     label_smoothing:float=0.0   # cross-entropy label smoothing
     logit_adjust:float=0.5      # tau: the loss scores logits + tau*log(training class prior); 0: plain cross-entropy
     adversarial:str='none'      # adversarial training on the word embeddings: 'none', 'fgm' (one step) or 'pgd' (K steps); see specft.adversarial
-    adv_eps:float=1.0           # epsilon: the L2 radius of each text's perturbation of its word embeddings
+    adv_eps:float=0.3           # epsilon: the L2 radius of each text's perturbation of its word embeddings (chosen on validation in lesson 21)
     adv_steps:int=3             # K: PGD's steps (FGM takes one)
     adv_alpha:float=0.3         # alpha: the L2 length of each PGD step
     loss_fn:Callable|None=None  # `loss_fn(logits, labels) -> mean loss` replaces the cross-entropy (validation too); one with a `batch` parameter also gets the batch
@@ -86,7 +86,7 @@ def check_train_config(cfg:TrainConfig)->TrainConfig:
         raise SpecftConfigError(f"--adversarial {c.adversarial!r} is not known; use one of: {', '.join(ATTACKS)}.")
     for name in ('adv_eps', 'adv_alpha'):
         if not (isinstance(getattr(c, name), (int, float)) and math.isfinite(getattr(c, name)) and getattr(c, name) > 0):
-            raise SpecftConfigError(f"--{name.replace('_', '-')} must be a number > 0 (an L2 length in embedding space; 1.0 is usual), got {getattr(c, name)}.")
+            raise SpecftConfigError(f"--{name.replace('_', '-')} must be a number > 0 (an L2 length in embedding space; 0.3 suits MiniLM), got {getattr(c, name)}.")
     if not (isinstance(c.adv_steps, int) and c.adv_steps >= 1):
         raise SpecftConfigError(f"--adv-steps must be a whole number >= 1 (PGD's steps; 3 is usual), got {c.adv_steps}.")
     if c.select_metric == 'last' and c.patience is not None:
