@@ -71,6 +71,10 @@ class RunConfig:
     weight_decay:float = TrainConfig.weight_decay     # decoupled weight decay (not on biases and norms)
     class_weights:str = TrainConfig.class_weights    # 'none', 'sqrt' (square root of inverse frequency) or 'auto' (inverse frequency)
     logit_adjust:float = TrainConfig.logit_adjust      # tau of the logit-adjusted loss: 0 plain cross-entropy, 1 balanced (see 06_train)
+    adversarial:str = TrainConfig.adversarial    # adversarial training on the word embeddings: 'none', 'fgm' (one step) or 'pgd' (K steps); see 21_adversarial
+    adv_eps:float = TrainConfig.adv_eps          # epsilon: L2 radius of each text's perturbation of its word embeddings
+    adv_steps:int = TrainConfig.adv_steps        # K: PGD's steps (FGM takes one)
+    adv_alpha:float = TrainConfig.adv_alpha      # alpha: L2 length of each PGD step
     select_metric:str = TrainConfig.select_metric    # the epoch kept: 'last', or the best by validation 'macro_f1', 'accuracy' or 'loss'
     precision:str = TrainConfig.precision        # 'auto', 'fp32', 'bf16' or 'fp16'
     seed:int = TrainConfig.seed                  # seeds the split, the head, dropout and batch order

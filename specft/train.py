@@ -21,10 +21,11 @@ from .losses import class_weights
 from .evaluate import compute_metrics
 
 # %% auto #0
-__all__ = ['METRICS', 'CLASS_WEIGHT_POWERS', 'HISTORY_COLUMNS', 'TrainConfig', 'check_train_config', 'TrainState', 'Callback', 'HistoryLogger', 'EarlyStopping', 'ProgressBar', 'TensorBoardLogger', 'split_batch', 'forward', 'logits_of', 'predict_with_labels', 'predict_logits', 'class_weights_from', 'train_labels', 'class_prior', 'head_prefix', 'layer_lr_scale', 'optimizer_step', 'Trainer', 'complete_checkpoints', 'latest_checkpoint', 'Checkpointer', 'remove_checkpoints', 'fit']
+__all__ = ['METRICS', 'ATTACKS', 'CLASS_WEIGHT_POWERS', 'HISTORY_COLUMNS', 'TrainConfig', 'check_train_config', 'TrainState', 'Callback', 'HistoryLogger', 'EarlyStopping', 'ProgressBar', 'TensorBoardLogger', 'split_batch', 'forward', 'logits_of', 'predict_with_labels', 'predict_logits', 'class_weights_from', 'train_labels', 'class_prior', 'head_prefix', 'layer_lr_scale', 'optimizer_step', 'Trainer', 'complete_checkpoints', 'latest_checkpoint', 'Checkpointer', 'remove_checkpoints', 'fit']
 
 # %% ../nbs/06_train.ipynb #8bcd89d1
 METRICS = ('macro_f1', 'accuracy', 'loss', 'last')
+ATTACKS = ('none', 'fgm', 'pgd')   # adversarial training on the word embeddings (specft.adversarial)
 CLASS_WEIGHT_POWERS = {'auto': 1.0, 'sqrt': 0.5, 'none': None}   # class_weights name -> power of inverse frequency
 
 @dataclass
@@ -41,6 +42,10 @@ class TrainConfig:
     class_weights:str|torch.Tensor='none' # 'none', 'sqrt' (square root of inverse frequency), 'auto' (inverse frequency), or a tensor
     label_smoothing:float=0.0   # cross-entropy label smoothing
     logit_adjust:float=0.5      # tau: the loss scores logits + tau*log(training class prior); 0: plain cross-entropy
+    adversarial:str='none'      # adversarial training on the word embeddings: 'none', 'fgm' (one step) or 'pgd' (K steps); see specft.adversarial
+    adv_eps:float=0.3           # epsilon: the L2 radius of each text's perturbation of its word embeddings (chosen on validation in lesson 21)
+    adv_steps:int=3             # K: PGD's steps (FGM takes one)
+    adv_alpha:float=0.3         # alpha: the L2 length of each PGD step
     loss_fn:Callable|None=None  # `loss_fn(logits, labels) -> mean loss` replaces the cross-entropy (validation too); one with a `batch` parameter also gets the batch
     eval_fn:Callable|None=None  # `eval_fn(logits, labels) -> dict` of validation metrics (all rows at once, on the CPU); None: accuracy, macro_f1, per_class
     precision:str='auto'        # 'auto', 'fp32', 'bf16' or 'fp16' (see `specft.core.choose_precision`)
@@ -77,6 +82,13 @@ def check_train_config(cfg:TrainConfig)->TrainConfig:
     if not 0 <= c.label_smoothing < 1: raise SpecftConfigError(f"label_smoothing must be in [0, 1), got {c.label_smoothing}.")
     if not (math.isfinite(c.logit_adjust) and c.logit_adjust >= 0):
         raise SpecftConfigError(f"--logit-adjust must be a number >= 0 (0: plain cross-entropy, 1: balanced), got {c.logit_adjust}.")
+    if c.adversarial not in ATTACKS:
+        raise SpecftConfigError(f"--adversarial {c.adversarial!r} is not known; use one of: {', '.join(ATTACKS)}.")
+    for name in ('adv_eps', 'adv_alpha'):
+        if not (isinstance(getattr(c, name), (int, float)) and math.isfinite(getattr(c, name)) and getattr(c, name) > 0):
+            raise SpecftConfigError(f"--{name.replace('_', '-')} must be a number > 0 (an L2 length in embedding space; 0.3 suits MiniLM), got {getattr(c, name)}.")
+    if not (isinstance(c.adv_steps, int) and c.adv_steps >= 1):
+        raise SpecftConfigError(f"--adv-steps must be a whole number >= 1 (PGD's steps; 3 is usual), got {c.adv_steps}.")
     if c.select_metric == 'last' and c.patience is not None:
         raise SpecftConfigError("patience stops on a validation metric that stops improving; with select_metric='last' "
                                 "nothing is compared: pick macro_f1, accuracy or loss, or drop patience.")
@@ -385,6 +397,8 @@ class Trainer:
         self._loss_takes_batch = _takes_batch(cfg.loss_fn)
         self.weight = self._class_weights()
         self.shift = self._logit_shift()   # tau * log(prior), added to the logits inside the loss; None: no adjustment
+        # the adversary of each piece (`specft.adversarial.EmbeddingAttack`); None: plain training
+        self.attack = None if cfg.adversarial == 'none' else _sibling('adversarial').EmbeddingAttack.from_config(model, cfg)
         groups = param_groups(model, cfg.weight_decay, cfg.lr, layer_lr_scale(model, cfg.head_lr_scale, cfg.layer_decay, head))
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=self.device.type in ('cpu', 'cuda'))
         self.batches_per_epoch = len(train_loader)
@@ -484,18 +498,29 @@ def _pieces(self:Trainer, b)->list:
     return [_rows(b, i, i + size) for i in range(0, n, size)]
 
 @patch
+def _piece_loss(self:Trainer, p, total)->torch.Tensor:
+    "Forward a piece `p` of a batch under autocast; its share of the group's mean loss (`_loss`: divided by `total`), unscaled"
+    x, y = split_batch(p)
+    dt = autocast_dtype(self.precision)
+    with torch.autocast(self.device.type, dtype=dt, enabled=dt is not None):
+        logits = logits_of(forward(self.model, x))
+    return self._loss(logits.float(), y, total, p)
+
+@patch
+def _scaled(self:Trainer, loss:torch.Tensor)->torch.Tensor:
+    "`loss` times the fp16 GradScaler's scale (itself without a scaler): what backward runs on"
+    return self.scaler.scale(loss) if self.scaler is not None else loss
+
+@patch
 def _accumulate(self:Trainer, group:list):
-    "Forward and backward every batch of `group`; returns the group's mean loss (a tensor, no sync)"
+    "Forward and backward every batch of `group` (with `self.attack`: its adversarial passes too); returns the group's mean loss (a tensor, no sync)"
     group = [_to(b, self.device) for b in group]
     total = sum(self._norm(_labels_of(b)) for b in group)
-    dt = autocast_dtype(self.precision); out = 0.0
+    out = 0.0
     for b in group:
         for p in self._pieces(b):
-            x, y = split_batch(p)
-            with torch.autocast(self.device.type, dtype=dt, enabled=dt is not None):
-                logits = logits_of(forward(self.model, x))
-            loss = self._loss(logits.float(), y, total, p)
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            if self.attack is None: loss = self._piece_loss(p, total); self._scaled(loss).backward()
+            else: loss = self.attack(self, p, total)   # the clean pass, then the adversarial ones; the clean loss
             out = out + loss.detach()
     return out
 
