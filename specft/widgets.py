@@ -220,6 +220,19 @@ class _PanelWidgets(W.VBox):
         self.out = W.Text(value=d['out'] or '', placeholder='blank: runs/<data>-<model>-<time>',
                           description='run folder', style=st)
         self.overwrite = W.Checkbox(value=d['overwrite'], description='overwrite an existing run folder')
+        # Customised training (lessons 20 and 21): blank text fields mean none
+        self.text_pair_col = W.Text(value=d['text_pair_col'] or '', placeholder='blank: none; e.g. condition',
+                                    description='pair column', style=st)
+        self.rules = W.Text(value=d['rules'] or '', placeholder='blank: none; a csv or jsonl rule file', description='rule file', style=st)
+        self.rules_mode = W.Dropdown(options=[('learned logit offsets', 'offset'), ('override the model', 'override')],
+                                     value=d['rules_mode'], description='rules enter as', style=st)
+        self.label_groups = W.Text(value=d['label_groups'] or '', placeholder='blank: none; fine -> coarse map (.json or .csv)',
+                                   description='label groups', style=st)
+        self.adversarial = W.Dropdown(options=[('none', 'none'), ('FGM (one step)', 'fgm'), ('PGD (K steps)', 'pgd')],
+                                      value=d['adversarial'], description='adversarial', style=st)
+        self.adv_eps = W.BoundedFloatText(value=d['adv_eps'], min=0, max=1e3, description='adv. epsilon', style=st)
+        self.adv_steps = W.IntSlider(value=d['adv_steps'], min=1, max=max(10, d['adv_steps']), description='PGD steps K', style=st)
+        self.adv_alpha = W.BoundedFloatText(value=d['adv_alpha'], min=0, max=1e3, description='PGD step size', style=st)
         # Actions and results
         self.start_btn, self.stop_btn = W.Button(description='Start', icon='play'), W.Button(description='Stop', icon='stop')
         _set_buttons(self.start_btn, self.stop_btn, running=False)
@@ -233,7 +246,9 @@ class _PanelWidgets(W.VBox):
             'Model': W.VBox([self.model, self.method]),
             'Training': W.VBox([self.lr, self.epochs, self.batch_size, self.max_len, self.warmup, self.weight_decay,
                                 self.class_weights, self.logit_adjust, self.seed, self.max_train_rows,
-                                W.HBox([self.device, self.precision_info]), self.out, self.overwrite])}
+                                W.HBox([self.device, self.precision_info]), self.out, self.overwrite]),
+            'Custom': W.VBox([self.text_pair_col, self.rules, self.rules_mode, self.label_groups,
+                              self.adversarial, self.adv_eps, self.adv_steps, self.adv_alpha])}
         tabs = W.Tab(children=list(self.tabs.values()))
         for i, t in enumerate(self.tabs): tabs.set_title(i, t)  # `titles=` is ipywidgets 8 only
         super().__init__([tabs, W.HBox([self.start_btn, self.stop_btn, self.code_btn]), self.status,
@@ -360,7 +375,7 @@ class _RunPart:
         return {'data': data, 'text_col': self.text_col.value, 'label_col': self.label_col.value}
 
     def _control_settings(self)->dict:
-        "The `RunConfig` fields the controls of the Model and Training tabs set, converted"
+        "The `RunConfig` fields the controls of the Model, Training and Custom tabs set, converted"
         return {k: self.convert.get(k, lambda v: v)(w.value) for k, w in self.controls.items()}
 
     def settings(self)->dict:
@@ -495,12 +510,14 @@ class TrainPanel(_RunPart, _DataPart, _PanelWidgets):
         self.train_history, self.val_history = [], []
         self.controls = {k: getattr(self, k) for k in ('model', 'method', 'lr', 'epochs', 'batch_size', 'max_len', 'warmup',
                          'weight_decay', 'class_weights', 'logit_adjust', 'seed', 'max_train_rows', 'device', 'out',
-                         'overwrite')}
+                         'overwrite', 'text_pair_col', 'rules', 'rules_mode', 'label_groups', 'adversarial', 'adv_eps',
+                         'adv_steps', 'adv_alpha')}
         self.convert = {'model': str.strip,
                         'max_train_rows': lambda v: v or None, 'out': lambda v: v.strip() or None,
                         'lr': self._lr,
                         'warmup': lambda v: round(v, 6), 'weight_decay': lambda v: round(v, 6),  # float noise of slider steps
-                        'logit_adjust': lambda v: round(v, 6)}
+                        'logit_adjust': lambda v: round(v, 6),
+                        **{k: lambda v: v.strip() or None for k in ('text_pair_col', 'rules', 'label_groups')}}
         for b, f in ((self.start_btn, self.start), (self.stop_btn, self.stop), (self.code_btn, self.show_code),
                      (self.preview_btn, self.preview)): b.on_click(lambda _, f=f: f())
         for w, f in ((self.source, self._on_source), (self.task, self.preview), (self.path, self.preview),
