@@ -55,7 +55,8 @@ def test_masking_statistics_match_transformers_and_never_touch_special_tokens(to
     x, am = batch['input_ids'], batch['attention_mask']
     eligible = am.bool() & ~torch.isin(x, spec.special)
     assert eligible.sum() > 60_000
-    hf_coll = DataCollatorForLanguageModeling(tok, mlm_probability=0.15, seed=0)
+    hf_coll = DataCollatorForLanguageModeling(tok, mlm_probability=0.15)   # its `seed=` works only in DataLoader workers
+    torch.manual_seed(0)
     target = np.array([0.15, 0.8, 0.1, 0.1])
     for seed in range(3):
         ours = mask_tokens(x, am, spec, generator=torch.Generator().manual_seed(seed))
