@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from .core import SpecftConfigError, SpecftDataError
 from .corpus import Corpus, decode_bytes
-from .clean import clean_text, cut_text, cleaning_settings
+from .clean import clean_text, cut_text, cleaning_settings, preprocess_texts
 from .batch import BucketBatchSampler
 from .model import Classifier
 from .evaluate import compute_metrics
@@ -88,16 +88,10 @@ def preprocess_pairs(
     settings:dict,   # a run's preprocessing settings (run.json's 'preprocessing')
 )->list[str]:        # the values as the model saw them: cleaned and masked like the texts, never dropped
     "Apply a run's text cleaning and PII masking to the pair segment (a missing value becomes '')"
-    c, m = cleaning_settings(**settings.get('cleaning', {})), settings.get('masking', {})
-    out = []
-    for k, t in enumerate(pairs):
-        if t is None or (not isinstance(t, str) and pd.isna(t)): t = ''
-        if not isinstance(t, str): raise SpecftDataError(f"text pair {k+1} is {t!r}, not a string; pass pairs as strings.")
-        t = clean_text(t, **c)
-        if c['max_chars']: t = cut_text(t, c['max_chars'], c['long_policy'])
-        if m.get('enabled'): t = privacy.mask_pii(t, m.get('kinds'), m.get('names', ()))[0]
-        out.append(t)
-    return out
+    pairs = ['' if t is None or (not isinstance(t, str) and pd.isna(t)) else t for t in pairs]
+    bad = [k for k, t in enumerate(pairs) if not isinstance(t, str)]
+    if bad: raise SpecftDataError(f"text pair {bad[0]+1} is {pairs[bad[0]]!r}, not a string; pass pairs as strings.")
+    return preprocess_texts(pairs, settings)   # the texts' own cleaning and masking
 
 def prepare_pair_column(
     corpus:Corpus,   # a corpus whose frames have a `text_pair` column, after `prepare_corpus` cleaned and masked the texts
