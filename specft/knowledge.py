@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from .core import SpecftConfigError, SpecftDataError
 from .corpus import Corpus, decode_bytes
-from .clean import clean_text, cut_text, cleaning_settings, preprocess_texts
+from .clean import preprocess_texts
 from .batch import BucketBatchSampler
 from .model import Classifier
 from .evaluate import compute_metrics
