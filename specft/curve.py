@@ -109,6 +109,7 @@ def learning_curve(
     "Test macro-F1 and accuracy of each method trained on stratified nested subsets of the training split, paired by seed"
     cfg, methods = check_config(cfg), [m for m in methods if m != 'tfidf']
     for m in methods: check_config(dataclasses.replace(cfg, method=m))
+    if not list(sizes) or not list(seeds): raise SpecftConfigError("a learning curve needs at least one size and one seed.")
     data = prepare_data(cfg)
     sizes = sorted({len(data.train) if s == 'all' else s for s in sizes})
     if sizes[0] < len(data.labels):
