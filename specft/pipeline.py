@@ -374,6 +374,17 @@ def _adjusted_note(c:dict)->str:
     return (f"\n- Trained with the logit-adjusted loss (tau = {tau}): the model leans towards rare labels by design, so its "
             "probabilities are not the label frequencies of the training data. Retrain with `--logit-adjust 0` for those.")
 
+def _input_note(c:dict)->str:
+    "What the model reads, for the card: the text, a second segment (lesson 20), rules (lesson 20)"
+    pair = c.get('text_pair_col')
+    s = (f"the text, then the column '{pair}' as a second segment (`[CLS] text [SEP] {pair} [SEP]`); a prediction needs "
+         f"both (`specft predict --file` reads the pair from the same column)." if pair else "the text alone.")
+    if c.get('rules'):
+        s += (f" Rules from `{c['rules']}` (copied into the run folder, with `rules.json`) enter "
+              + ("as learned logit offsets, one per rule." if c.get('rules_mode', 'offset') == 'offset' else
+                 "as an override: a matching rule whose training precision cleared the threshold sets the label."))
+    return s
+
 def model_card(info:dict, metrics:dict)->str:
     "The text of `card.md` for a run described by `info` (run.json) with test `metrics`"
     c, rep, d = info['config'], info['report'], info['data']
@@ -394,6 +405,7 @@ def model_card(info:dict, metrics:dict)->str:
 - Cleaning (HTML entities, wrapping quotes, control characters, Unicode NFKC, whitespace, duplicates): {cleaning}
 - Personal data masking: {pii}
 - Truncation: the first {c['max_len']} tokens.
+- Input: {_input_note(c)}
 
 ## Settings
 {settings}

@@ -83,6 +83,7 @@ def test_predictor_round_trip(pair_run, files):
     assert code == 2 and 'trained with text pairs' in err and len(err.strip().splitlines()) == 1
     code, out, err = call('evaluate', res.run_dir, '--data', files/'test.csv')
     assert code == 0 and json.loads(out)['accuracy'] == pytest.approx(res.metrics['accuracy'])
+    assert "the column 'field' as a second segment" in (res.run_dir/'card.md').read_text()   # the card says what the model reads
 
 def test_missing_pair_column(files, tmp_path):
     code, _, err = call('train', '--data', files/'train.csv', '--model', 'tiny', '--text-pair-col', 'condition', '--out', tmp_path/'r')
@@ -108,6 +109,7 @@ def test_offset_run_round_trip(files, tmp_path):
                     out=str(tmp_path/'off'))
     res = run(cfg)
     assert (res.run_dir/'rules.csv').is_file() and len(res.metrics['rules']['offsets']) == 2
+    assert 'rules.csv` (copied into the run folder' in (res.run_dir/'card.md').read_text() and 'learned logit offsets' in (res.run_dir/'card.md').read_text()
     stats = json.loads((res.run_dir/'rules.json').read_text())['stats']
     assert stats['train'][0]['precision'] == 1.0 and 0 < stats['train'][0]['coverage'] < 1
     pred = Predictor.load(res.run_dir, device='cpu')
