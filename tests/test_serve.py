@@ -142,21 +142,43 @@ def test_cli_serve_errors_are_one_line_exit_2(tiny, tmp_path):
             r = sh('serve', *args, env={'SPECFT_TOKEN': ''})
             assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
 
-def test_cli_serve_runs_and_answers(tiny, tmp_path):
-    "`specft serve` as a user starts it: health, a prediction with the token, then a clean stop"
+def worker_pids(pid:int)->list[int]:
+    "The uvicorn worker processes `pid` started (Linux: read from /proc): children running multiprocessing's spawn"
+    out = []
+    for d in Path('/proc').iterdir():
+        try:
+            ppid = int((d/'stat').read_text().rsplit(')', 1)[1].split()[1])
+            if ppid == pid and b'spawn_main' in (d/'cmdline').read_bytes(): out.append(int(d.name))
+        except (OSError, ValueError, IndexError): continue
+    return out
+
+@pytest.mark.parametrize('workers', [1, 2])
+def test_cli_serve_runs_and_answers(tiny, tmp_path, workers):
+    "`specft serve [--workers 2]` as a user starts it: health, predictions with the token from every worker, then a clean stop"
     from specft.serve import free_port
     import httpx
     port = free_port()
     (tmp_path/'tok').write_text(TOKEN)
-    p = subprocess.Popen([SPECFT, 'serve', str(tiny[0]), '--port', str(port), '--token-file', str(tmp_path/'tok')],
+    p = subprocess.Popen([SPECFT, 'serve', str(tiny[0]), '--port', str(port), '--token-file', str(tmp_path/'tok'),
+                          '--workers', str(workers)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, 'HF_HUB_OFFLINE': '1'})
     try:
         for _ in range(600):
             try:
                 if httpx.get(f'http://127.0.0.1:{port}/health', timeout=1).status_code == 200: break
             except httpx.HTTPError: time.sleep(0.1)
-        r = httpx.post(f'http://127.0.0.1:{port}/predict', json={'texts': ['Good drug.']}, headers=AUTH, timeout=30)
-        assert r.status_code == 200 and r.json()['predictions'][0]['label'] in tiny[1].labels
+        rs = [httpx.post(f'http://127.0.0.1:{port}/predict', json={'texts': ['Good drug.']}, headers=AUTH, timeout=30)
+              for _ in range(20)]   # a new connection each: the kernel spreads them over the workers
+        assert all(r.status_code == 200 and r.json()['predictions'][0]['label'] in tiny[1].labels for r in rs)
+        assert len({json.dumps(r.json()['predictions']) for r in rs}) == 1   # every worker holds the same model
+        if sys.platform == 'linux':
+            pids = worker_pids(p.pid)
+            assert len(pids) == (workers if workers > 1 else 0), pids   # one process serves when workers == 1
     finally:
-        p.terminate(); out = p.communicate(timeout=30)[0]
-    assert 'Good drug' not in out and TOKEN not in out
+        p.terminate(); out = p.communicate(timeout=60)[0]
+    assert p.returncode is not None and 'Good drug' not in out and TOKEN not in out
+    if sys.platform == 'linux' and workers > 1:
+        for _ in range(50):
+            if not any(Path(f'/proc/{w}').exists() for w in pids): break
+            time.sleep(0.1)
+        assert not any(Path(f'/proc/{w}').exists() for w in pids), 'a worker outlived the server'
