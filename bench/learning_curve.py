@@ -61,8 +61,9 @@ def main(argv=None):
     out = a.out or (tempfile.mkdtemp(prefix='specft-bench-') + '/learning_curve_quick.json' if a.quick else
                     str(Path(__file__).with_name('learning_curve_results.json')))
     t0 = time.time()
-    runs = learning_curve(cfg, sizes, seeds, a.methods, min_steps, progress=log)
-    summary, data = curve_summary(runs), prepare_data(cfg)
+    data = prepare_data(cfg)
+    runs = learning_curve(cfg, sizes, seeds, a.methods, min_steps, progress=log, data=data)
+    summary = curve_summary(runs)
     res = {'command': 'python bench/learning_curve.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
            'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
            'torch': torch.__version__, 'threads': torch.get_num_threads(), 'git_commit': git_commit(),

@@ -29,15 +29,12 @@ from pathlib import Path
 import torch
 from recipe import CANDIDATES as RECIPE_CANDIDATES, summarise
 
-LATER = dict(pooling='mean', class_weights='none', lr=8e-5, head_lr_scale=10.0, epochs=5, max_len=320)   # bench/selection.py's base
-CANDIDATES = {**RECIPE_CANDIDATES,
-              'no class weights, no adjustment': dict(LATER, logit_adjust=0.0),
-              'logit-adjusted, tau 0.25': dict(LATER, logit_adjust=0.25),
-              'logit-adjusted, tau 1': dict(LATER, logit_adjust=1.0)}
-
+DEFAULTS = 'defaults: logit-adjusted tau 0.5, last epoch'
+CANDIDATES = {**RECIPE_CANDIDATES,   # and bench/selection.py's loss variants of the defaults that bench/recipe.py lacks
+              **{name: dict(RECIPE_CANDIDATES[DEFAULTS], logit_adjust=tau) for name, tau in
+                 (('no class weights, no adjustment', 0.0), ('logit-adjusted, tau 0.25', 0.25), ('logit-adjusted, tau 1', 1.0))}}
 QUICK = {'tiny A': dict(model='tiny', epochs=2, max_len=48, max_train_rows=120),
          'tiny B': dict(model='tiny', epochs=2, max_len=48, max_train_rows=120, pooling='cls', lr=3e-4)}
-DEFAULTS = 'defaults: logit-adjusted tau 0.5, last epoch'
 
 def cv_job(job):
     "Cross-validate one recipe (in a worker process): per-epoch OOF scores of the model and the baseline's"

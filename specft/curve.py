@@ -105,12 +105,13 @@ def learning_curve(
     methods=('full', 'lora'),               # fine-tuning methods; the 'tfidf' baseline is always added
     min_steps:int=MIN_STEPS,                # the floor on optimizer steps (`curve_epochs`)
     progress=None,                          # called with each row (a dict) as it is done
+    data:PreparedData|None=None,            # `prepare_data(cfg)`, if the caller has it already; None: prepared here
 )->pd.DataFrame:                            # a row per (size, seed, method): test macro_f1, accuracy, epochs, steps, train_seconds, subset
     "Test macro-F1 and accuracy of each method trained on stratified nested subsets of the training split, paired by seed"
     cfg, methods = check_config(cfg), [m for m in methods if m != 'tfidf']
     for m in methods: check_config(dataclasses.replace(cfg, method=m))
     if not list(sizes) or not list(seeds): raise SpecftConfigError("a learning curve needs at least one size and one seed.")
-    data = prepare_data(cfg)
+    data = data if data is not None else prepare_data(cfg)
     sizes = sorted({len(data.train) if s == 'all' else s for s in sizes})
     if sizes[0] < len(data.labels):
         raise SpecftConfigError(f"a curve point needs at least one row of each of the {len(data.labels)} labels; "
