@@ -19,6 +19,9 @@ OFFLINE := HF_HUB_OFFLINE=1 MPLBACKEND=Agg
 CHECKED := $(shell grep -l NBVAL_CHECK_OUTPUT nbs/*.ipynb)
 empty :=
 CHECKED_RE := ^($(subst $(empty) $(empty),|,$(notdir $(CHECKED))))$$
+# test-slow runs only the notebooks that have `slow` cells: `make test` has already run every other one in full.
+SLOW := $(shell $(PYTHON) tools/nbflags.py slow)
+SLOW_RE := ^($(subst $(empty) $(empty),|,$(SLOW)))$$
 
 .PHONY: venv demo test test-slow lab docs
 
@@ -42,11 +45,13 @@ test: venv
 	$(OFFLINE) $(BIN)/pytest -q $(CHECKED) --nbval-lax
 	$(OFFLINE) OMP_NUM_THREADS=1 $(BIN)/pytest -q -n $(PYTEST_WORKERS) tests
 
-# The `slow` cells too (the real-MiniLM runs each lesson shows), and every benchmark in bench/ in its --quick mode
-# (seconds each; results go to temporary files), so that a missing dependency or an API drift fails here.
+# The notebooks with `slow` cells, those cells included (the real-MiniLM runs each lesson shows), and every benchmark
+# in bench/ in its --quick mode (seconds each; results go to temporary files), so that a missing dependency or an API
+# drift fails here.
 test-slow: venv
-	$(OFFLINE) $(BIN)/nbdev_test --n_workers $(NB_WORKERS) --flags slow --timing
+	$(OFFLINE) $(BIN)/nbdev_test --n_workers $(NB_WORKERS) --flags slow --timing --file_re '$(SLOW_RE)'
 	for f in bench/*.py; do echo "$$f --quick"; $(OFFLINE) $(BIN)/python $$f --quick || exit 1; done
+	$(OFFLINE) $(BIN)/python bench/recipe_cv.py --quick --family lora
 	$(OFFLINE) SPECFT_SLOW=1 $(BIN)/pytest -q tests/test_browser.py
 
 lab: venv

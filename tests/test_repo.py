@@ -1,5 +1,5 @@
 "The repository's own consistency: generated files agree with their sources."
-import re, shutil, subprocess, sys
+import json, re, shutil, subprocess, sys
 from pathlib import Path
 import nbformat, pytest
 
@@ -84,3 +84,16 @@ def test_make_test_runs_each_notebook_once():
     assert by_nbval == {f for f in notebooks if 'NBVAL_CHECK_OUTPUT' in (ROOT/f).read_text()}
     assert not by_nbval & by_nbdev and by_nbval | by_nbdev == set(notebooks)
     assert 'OMP_NUM_THREADS' not in nbdev_line + nbval_line       # the notebooks run at the default thread count
+
+def test_make_test_slow_runs_every_notebook_with_slow_cells():
+    "test-slow runs the notebooks that have `slow` cells (with them) and skips the rest, which `make test` ran in full"
+    from nbflags import cell_flags
+    out = subprocess.run(['make', '-n', '-W', 'settings.ini', 'test-slow'], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if 'nbdev_test' in l)
+    assert '--flags slow' in line
+    only = re.compile(re.search(r"--file_re '([^']*)'", line)[1])
+    notebooks = [p for p in (ROOT/'nbs').rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts]
+    has_slow = {p.name for p in notebooks if any('slow' in cell_flags(''.join(c['source']))
+                                               for c in json.loads(p.read_text())['cells'] if c['cell_type'] == 'code')}
+    assert {'09_pipeline.ipynb', 'index.ipynb', 'medical_coding.ipynb'} <= has_slow
+    assert {p.name for p in notebooks if only.search(p.name)} == has_slow
