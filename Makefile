@@ -19,9 +19,10 @@ OFFLINE := HF_HUB_OFFLINE=1 MPLBACKEND=Agg
 CHECKED := $(shell grep -l NBVAL_CHECK_OUTPUT nbs/*.ipynb)
 empty :=
 CHECKED_RE := ^($(subst $(empty) $(empty),|,$(notdir $(CHECKED))))$$
-# test-slow runs only the notebooks that have `slow` cells: `make test` has already run every other one in full.
-SLOW := $(shell $(PYTHON) tools/nbflags.py slow)
-SLOW_RE := ^($(subst $(empty) $(empty),|,$(SLOW)))$$
+# test-slow runs only the notebooks that have `slow` cells: `make test` has already run every other one in full
+# (`=`: listed only when test-slow runs, not on every make).
+SLOW = $(shell $(PYTHON) tools/nbflags.py slow)
+SLOW_RE = ^($(subst $(empty) $(empty),|,$(SLOW)))$$
 
 .PHONY: venv demo test test-slow lab docs
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse, json, multiprocessing as mp, os, platform, resource, statistics, sys, tempfile, time
 from pathlib import Path
 
-def _one(job:dict)->dict:
+def measure_run(job:dict)->dict:
     "Train one run in this (fresh) process and measure it"
     import torch
     from specft.pipeline import RunConfig, run
@@ -107,7 +107,7 @@ def main(argv=None):
     for r in rows: print(f"{r['method']:8s} lr {r['lr']:.0e} seed {r['seed']}: taken from {r['reused_from']}", flush=True)
     t0 = time.time()
     with mp.get_context('spawn').Pool(max(1, min(a.workers, len(jobs))), maxtasksperchild=1) as pool:
-        for r in pool.imap(_one, jobs):
+        for r in pool.imap(measure_run, jobs):
             r['workers'] = a.workers
             rows.append(r)
             print(f"{r['method']:8s} lr {r['lr']:.0e} seed {r['seed']}: test macro-F1 {r['test_macro_f1']:.3f} (baseline "

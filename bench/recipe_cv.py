@@ -71,9 +71,9 @@ def cv_job(job):
 
 def test_job(job):
     "Train one recipe on the whole training split with one seed and score it and its baseline on the test split (bench/peft_methods.py's measurements)"
-    from peft_methods import _one
+    from peft_methods import measure_run
     t0 = time.time()
-    r = _one({'threads': job['threads'], 'config': {**job['settings'], 'seed': job['seed']}})
+    r = measure_run({'threads': job['threads'], 'config': {**job['settings'], 'seed': job['seed']}})
     return {'name': job['name'], 'seed': job['seed'], 'seconds': round(time.time() - t0, 1),
             'sec_per_epoch': round(r['sec_per_epoch'], 2), 'trainable_pct': round(r['trainable_pct'], 3),
             'model': {k: r[f'test_{k}'] for k in ('accuracy', 'macro_f1')},
