@@ -13,7 +13,9 @@ split (macro-F1 of the kept epoch, mean over the seeds given), never on the test
     python bench/peft_methods.py --lr-sweep --methods lora --seeds 0 --out bench/peft_lr_sweep.json
     python bench/peft_methods.py --reuse bench/peft_results_lr_sweep.json   # runs the sweep already made are not rerun
 
-`--reuse FILE` takes each run of FILE whose settings (method, seed, lr, and the --quick settings) equal a job's
+Runs go seed by seed, every method in turn, so that a slow spell of this shared machine hits all methods alike.
+
+`--reuse FILE` takes each run of FILE whose settings (method, seed, lr, epochs, LoRA's dropout, and the --quick settings) equal a job's
 instead of training it again: the sweep's runs at the chosen learning rates are the benchmark's runs for those seeds.
 `--fresh METHOD ...` reruns those methods' runs anyway (their timing in FILE was taken on a loaded machine).
 Reused rows keep the timing conditions they were measured under (`workers` in each row); compare seconds per epoch
@@ -71,6 +73,9 @@ def _summary(rows:list[dict], methods)->dict:
                          gap_to_baseline_macro_f1=statistics.fmean(r['test_macro_f1'] - r['baseline_macro_f1'] for r in rs))
     return out
 
+# what runs recorded before their rows held these settings used: every method 5 epochs, LoRA and AdaLoRA dropout 0.1
+BEFORE = {'epochs': 5, 'lora_dropout': 0.1}
+LORA_FAMILY = ('lora', 'adalora')   # the methods with a dropout on their branch
 SWEEP = {'lora': (3e-4, 1e-3, 3e-3), 'adalora': (3e-4, 1e-3, 3e-3), 'adapter': (3e-4, 1e-3, 3e-3), 'prefix': (3e-3, 1e-2, 3e-2)}
 
 def main(argv=None):
@@ -84,15 +89,15 @@ def main(argv=None):
     p.add_argument('--fresh', nargs='+', default=[], metavar='METHOD', help='methods whose runs are never reused (e.g. timed on a loaded machine)')
     p.add_argument('--out', default=None, help='results file (default bench/peft_results.json, or _lr_sweep; --quick: a temporary file)')
     a = p.parse_args(argv)
-    from specft.pipeline import learning_rate, RunConfig
+    from specft.pipeline import RunConfig, resolved
     base = dict(model='tiny', epochs=1, max_train_rows=48, max_len=64) if a.quick else {}
     jobs = []
-    for meth in a.methods:
-        lrs = SWEEP.get(meth, ()) if a.lr_sweep else (None,)
-        for lr in lrs:
-            for s in a.seeds:
+    for s in a.seeds:   # seed by seed, every method in turn: a slow spell of the machine hits them all alike
+        for meth in a.methods:
+            for lr in (SWEEP.get(meth, ()) if a.lr_sweep else (None,)):
                 cfg = dict(base, method=meth, seed=s)
-                cfg['lr'] = lr if lr is not None else learning_rate(RunConfig(**cfg))
+                r = resolved(RunConfig(**cfg))   # the method's defaults, written into the job so that --reuse compares them
+                cfg.update(lr=lr if lr is not None else r.lr, epochs=r.epochs, **({'lora_dropout': r.lora_dropout} if meth in LORA_FAMILY else {}))
                 jobs.append(dict(config=cfg, threads=max(1, (os.cpu_count() or 1) // a.workers)))
     default = (Path(tempfile.mkdtemp(prefix='peft-quick-'))/'peft_results_quick.json' if a.quick   # never over committed results
                else Path(__file__).parent/f"peft_results{'_lr_sweep' if a.lr_sweep else ''}.json")
@@ -100,7 +105,8 @@ def main(argv=None):
     done = []
     for f in a.reuse:
         saved = json.loads(Path(f).read_text())
-        done += [dict(r, workers=r.get('workers', saved['workers']), reused_from=str(f)) for r in saved['runs'] if r['method'] not in a.fresh]
+        before = lambda r: {k: v for k, v in BEFORE.items() if k == 'epochs' or r['method'] in LORA_FAMILY}
+        done += [{**before(r), **r, 'workers': r.get('workers', saved['workers']), 'reused_from': str(f)} for r in saved['runs'] if r['method'] not in a.fresh]
     found = [next((r for r in done if all(r.get(k) == v for k, v in j['config'].items())), None) for j in jobs]
     rows = [r for r in found if r is not None]
     jobs = [j for j, r in zip(jobs, found) if r is None]

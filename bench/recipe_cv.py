@@ -13,15 +13,19 @@ comparison, so the test score it reports for them is optimistic. This script mak
 2. the choice: the (candidate, epoch) with the highest OOF macro-F1 among those whose OOF accuracy is at least the
    paired TF-IDF baseline's; a candidate's chosen epoch count becomes its `epochs` (a shorter schedule: the epoch
    is part of the recipe a user can type). If that epoch count is not the candidate's own, the shortened recipe is
-   cross-validated too, and kept only if its OOF macro-F1 holds up;
+   cross-validated too, and kept only if its OOF macro-F1 holds up (at most 0.01 below the chosen epoch's);
+   likewise, a cheaper variant of the chosen recipe (`CHEAPER`: for LoRA, the same recipe without its branch
+   dropout, whose masks cost a sixth of a LoRA step on the CPU) is cross-validated and kept if its OOF macro-F1 is
+   at most 0.01 below the chosen recipe's;
 3. the chosen recipe and today's defaults are trained on the whole training split with seeds 0 1 2 (each paired
    with the same split's baseline) and scored on the test split, once, side by side.
 
 Writes bench/recipe_cv_results.json; `nbs/09_pipeline.ipynb` reads it.
 
 `--family lora` makes the same choice among LoRA recipes (every one with at most 1 % of the weights trainable: the
-query/value targets of today's LoRA default, or every dense layer of the encoder at rank 4; the learning rate; 5 or
-10 epochs), then trains the chosen recipe, today's LoRA default and today's full fine-tuning defaults on the test
+query/value targets of the earlier LoRA default, or every dense layer of the encoder at rank 4; the learning rate; 5 or
+10 epochs; then, as a cheaper variant of the choice, no dropout on the LoRA branch), then trains the chosen recipe, the
+earlier LoRA default (5 epochs, branch dropout 0.1) and today's full fine-tuning defaults on the test
 split side by side (seconds per epoch too, for issue 12's speed bar) -> bench/recipe_cv_lora_results.json, which
 `nbs/07_peft.ipynb` reads.
 
@@ -31,6 +35,8 @@ split side by side (seconds per epoch too, for issue 12's speed bar) -> bench/re
                                             # (its results go to a temporary file unless --out is given)
     python bench/recipe_cv.py --family lora # 5 LoRA recipes and 9 test runs: about 80 minutes on 2 CPU cores
     python bench/recipe_cv.py --family lora --quick
+    python bench/recipe_cv.py --family lora --reuse   # take the CV of every recipe whose settings and folds are unchanged
+                                                      # from the results file already there; cross-validate the rest
 """
 import argparse, dataclasses, json, multiprocessing as mp, os, platform, statistics, sys, tempfile, time
 from pathlib import Path
@@ -43,18 +49,23 @@ CANDIDATES = {**RECIPE_CANDIDATES,   # and bench/selection.py's loss variants of
                  (('no class weights, no adjustment', 0.0), ('logit-adjusted, tau 0.25', 0.25), ('logit-adjusted, tau 1', 1.0))}}
 QUICK = {'tiny A': dict(model='tiny', epochs=2, max_len=48, max_train_rows=120),
          'tiny B': dict(model='tiny', epochs=2, max_len=48, max_train_rows=120, pooling='cls', lr=3e-4)}
-# LoRA recipes (issue 12): today's LoRA default (RunConfig(method='lora'): query/value, r 8, alpha 16, lr DEFAULT_LR)
-# and the alternatives the lr sweep left untried; alpha = 2r keeps the update's scale alpha/r at 2 throughout.
+# LoRA recipes (issue 12): the LoRA default before this choice (query/value, r 8, alpha 16, branch dropout 0.1, lr 3e-3,
+# 5 epochs) and the alternatives the lr sweep left untried; alpha = 2r keeps the update's scale alpha/r at 2 throughout.
 # Every one trains at most 1 % of the weights: query/value r 8 is 0.33 %, every dense layer at r 4 is 0.73 %.
-LORA_DEFAULTS = 'LoRA q,v r8, lr 3e-3, 5 ep'
+LORA_DEFAULTS = 'LoRA q,v r8, lr 3e-3, 5 ep'   # the default before this choice
 ALL_DENSE = dict(lora_targets='query,key,value,output.dense,intermediate.dense', lora_r=4, lora_alpha=8.0)
-LORA = {name: dict(CANDIDATES[DEFAULTS], method='lora', **over) for name, over in (
+LORA = {name: dict(CANDIDATES[DEFAULTS], method='lora', lora_dropout=0.1, **over) for name, over in (
     (LORA_DEFAULTS, dict(lr=3e-3)),
     ('LoRA q,v r8, lr 3e-3, 10 ep', dict(lr=3e-3, epochs=10)),
     ('LoRA all dense r4, lr 1e-3, 5 ep', dict(ALL_DENSE, lr=1e-3)),
     ('LoRA all dense r4, lr 3e-3, 5 ep', dict(ALL_DENSE, lr=3e-3)),
     ('LoRA all dense r4, lr 1e-3, 10 ep', dict(ALL_DENSE, lr=1e-3, epochs=10)))}
 LORA_QUICK = {name: dict(s, method='lora') for name, s in QUICK.items()}
+# Cheaper variants of the chosen recipe, tried after the choice (step 2): a name and the settings it changes.
+# LoRA's branch dropout draws a mask over the whole input of every adapted layer, a sixth of a LoRA step on the
+# CPU (lesson 07's timing); peft's LoraConfig leaves it at 0 by default.
+CHEAPER = {'lora': ('without LoRA dropout', dict(lora_dropout=0.0))}
+MARGIN = 0.01   # how far below the chosen OOF macro-F1 a shorter schedule or a cheaper variant may score and still be kept
 
 def cv_job(job):
     "Cross-validate one recipe (in a worker process): per-epoch OOF scores of the model and the baseline's"
@@ -64,7 +75,7 @@ def cv_job(job):
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         cv = run_cv(RunConfig(**job['settings'], seed=0, out=f'{tmp}/cv'), folds=job['folds'])
-    return {'name': job['name'], 'settings': job['settings'], 'seconds': round(time.time() - t0, 1),
+    return {'name': job['name'], 'settings': job['settings'], 'folds': job['folds'], 'seconds': round(time.time() - t0, 1),
             'per_epoch': cv.per_epoch.to_dict('records'),
             'oof': {k: cv.scores[k] for k in ('accuracy', 'macro_f1')},
             'baseline_oof': {k: cv.baseline[k] for k in ('accuracy', 'macro_f1')}}
@@ -79,12 +90,17 @@ def test_job(job):
             'model': {k: r[f'test_{k}'] for k in ('accuracy', 'macro_f1')},
             'baseline': {k: r[f'baseline_{k}'] for k in ('accuracy', 'macro_f1')}}
 
-def pool_map(fn, jobs, workers):
-    "Run `jobs` through `fn`, `workers` processes at a time, printing each result as it comes"
+def pool_map(fn, jobs, workers, done=()):
+    "Run `jobs` through `fn`, `workers` processes at a time, printing each result as it comes; a job whose name, settings and folds match a result in `done` is taken from there"
     def show(r): print(json.dumps({k: v for k, v in r.items() if k != 'per_epoch'}), flush=True); return r
-    if workers == 1: return [show(fn(j)) for j in jobs]
+    def same(r, j): return r['settings'] == j['settings'] and r['folds'] == j['folds']
+    kept = [{**next(r for r in done if same(r, j)), 'name': j['name']} for j in jobs if any(same(r, j) for r in done)]
+    jobs = [j for j in jobs if not any(same(r, j) for r in done)]
+    for r in kept: print('reused:', end=' '); show(r)
+    if not jobs: return kept
+    if workers == 1: return kept + [show(fn(j)) for j in jobs]
     with mp.get_context('spawn').Pool(min(workers, len(jobs)), maxtasksperchild=1) as pool:
-        return [show(r) for r in pool.imap_unordered(fn, jobs)]
+        return kept + [show(r) for r in pool.imap_unordered(fn, jobs)]
 
 def choose(cvs:list)->dict:
     "The (candidate, epoch) with the best OOF macro-F1 whose OOF accuracy is at least the baseline's (else the best OOF macro-F1)"
@@ -101,6 +117,7 @@ def main(argv=None):
     ap.add_argument('--workers', type=int, default=None, help='runs at a time, each its own process with cores/workers threads (default 2; 1 with --quick)')
     ap.add_argument('--out', default=None, help='default: bench/recipe_cv_results.json (--family lora: recipe_cv_lora_results.json); with --quick a temporary file')
     ap.add_argument('--family', choices=('recipe', 'lora'), default='recipe', help='full fine-tuning recipes (default) or LoRA recipes')
+    ap.add_argument('--reuse', action='store_true', help="take the cross-validation of a recipe whose settings and folds are unchanged from --out's file")
     a = ap.parse_args(argv)
     lora = a.family == 'lora'
     folds, seeds = a.folds or (2 if a.quick else 3), a.seeds or ([0] if a.quick else [0, 1, 2])
@@ -112,18 +129,31 @@ def main(argv=None):
     cands = {n: {**s, 'select_metric': 'last'} for n, s in family.items()}
     defaults = 'tiny A' if a.quick else LORA_DEFAULTS if lora else DEFAULTS
     threads = max(1, (os.cpu_count() or 1) // a.workers)
+    old = json.loads(Path(a.out).read_text()) if a.reuse and Path(a.out).is_file() else {}
+    done = [{'folds': old['folds'], **c} for c in [*old.get('cv', []), old.get('shortened_cv'), old.get('cheaper_cv')] if c]
+    for c in done:   # LoRA settings recorded before they named the branch dropout ran with its default of then, 0.1
+        if c['settings'].get('method') == 'lora': c['settings'] = {'lora_dropout': 0.1, **c['settings']}
     t0 = time.time()
     print(f'cross-validating {len(cands)} recipes, {folds} folds each, on the training split', flush=True)
-    cvs = pool_map(cv_job, [dict(name=n, settings=s, folds=folds, threads=threads) for n, s in cands.items()], a.workers)
+    cvs = pool_map(cv_job, [dict(name=n, settings=s, folds=folds, threads=threads) for n, s in cands.items()], a.workers, done)
     cvs.sort(key=lambda c: list(cands).index(c['name']))
     pick = choose(cvs)
-    chosen = {**cands[pick['name']], 'epochs': pick['epoch']}
-    shortened = None
+    chosen, name, score = {**cands[pick['name']], 'epochs': pick['epoch']}, pick['name'], pick['macro_f1']
+    alone = max(1, os.cpu_count() or 1)   # a single CV job has the machine to itself
+    shortened = cheaper = None
     if pick['epoch'] != cands[pick['name']].get('epochs'):   # the epoch count is part of the recipe: check the shorter schedule
-        shortened = pool_map(cv_job, [dict(name=f"{pick['name']}, {pick['epoch']} epochs", settings=chosen, folds=folds, threads=threads)], 1)[0]
-        if shortened['oof']['macro_f1'] < pick['macro_f1'] - 0.01:   # a shorter schedule is not the same training: keep the full one
-            chosen = cands[pick['name']]
-    print(f"chosen by {folds}-fold CV: {pick['name']} with {chosen.get('epochs')} epochs", flush=True)
+        shortened = pool_map(cv_job, [dict(name=f"{name}, {pick['epoch']} epochs", settings=chosen, folds=folds, threads=alone)], 1, done)[0]
+        if shortened['oof']['macro_f1'] < score - MARGIN:   # a shorter schedule is not the same training: keep the full one
+            chosen, score = cands[name], next(c for c in cvs if c['name'] == name)['oof']['macro_f1']
+        else: name, score = shortened['name'], shortened['oof']['macro_f1']
+    if a.family in CHEAPER:   # a cheaper variant of the chosen recipe, kept if its OOF macro-F1 holds up
+        what, over = CHEAPER[a.family]
+        cheaper = pool_map(cv_job, [dict(name=f'{name}, {what}', settings={**chosen, **over}, folds=folds, threads=alone)], 1, done)[0]
+        cheaper['kept'] = cheaper['oof']['macro_f1'] >= score - MARGIN
+        cheaper['against'] = score
+        if cheaper['kept']: chosen = {**chosen, **over}
+    print(f"chosen by {folds}-fold CV: {pick['name']} with {chosen.get('epochs')} epochs"
+          + (f", {CHEAPER[a.family][0]}" if cheaper and cheaper['kept'] else ''), flush=True)
     # LoRA's reference, full fine-tuning with today's defaults, is second: in the pool it runs beside the chosen recipe
     # of the same seed (every run shares the CPU with one other; only the last job may run alone)
     full = {'full fine-tuning': {**(QUICK['tiny A'] if a.quick else CANDIDATES[DEFAULTS]), 'select_metric': 'last'}} if lora else {}
@@ -143,7 +173,7 @@ def main(argv=None):
     res = {'command': 'python bench/recipe_cv.py ' + ' '.join(argv if argv is not None else sys.argv[1:]), 'family': a.family,
            'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
            'torch': torch.__version__, 'folds': folds, 'workers': a.workers, 'threads_per_run': threads,
-           'cv': cvs, 'choice': pick, 'shortened_cv': shortened, 'chosen_settings': chosen,
+           'cv': cvs, 'choice': pick, 'shortened_cv': shortened, 'cheaper_cv': cheaper, 'chosen_settings': chosen,
            'chosen_is_defaults': chosen == cands[defaults], 'test': test, 'minutes': round((time.time() - t0) / 60, 1)}
     Path(a.out).write_text(json.dumps(res, indent=1))
     for c in cvs:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_peft.ipynb #d2db6642
 from __future__ import annotations
-import copy, hashlib, inspect, json, math, shutil
+import copy, hashlib, inspect, json, math, shutil, types
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import torch
@@ -21,9 +21,10 @@ __all__ = ['PEFT_METHODS', 'ADAPTER_KINDS', 'PEFT_MARKERS', 'STATE_MARKERS', 'BE
            'PeftSettings', 'split_targets', 'LoRALinear', 'merge', 'unmerge', 'is_peft_name', 'find_targets',
            'mark_trainable', 'apply_lora', 'lora_layers', 'merge_to_plain', 'Bottleneck', 'AdapterOutput',
            'apply_adapters', 'PrefixEncoder', 'apply_prefix', 'AdaLoRALinear', 'apply_adalora', 'adalora_layers',
-           'budget', 'AdaLoRABudget', 'adalora_ranks', 'plot_adalora', 'peft_callbacks', 'weights_sha256', 'apply_peft',
-           'peft_state_dict', 'build_peft_classifier', 'save_peft', 'peft_record', 'peft_weights', 'load_peft',
-           'export_peft', 'export_merged', 'is_peft_adapter', 'import_peft']
+           'budget', 'AdaLoRABudget', 'adalora_ranks', 'plot_adalora', 'cast_frozen_once', 'cast_every_time',
+           'CastFrozenOnce', 'peft_callbacks', 'weights_sha256', 'apply_peft', 'peft_state_dict',
+           'build_peft_classifier', 'save_peft', 'peft_record', 'peft_weights', 'load_peft', 'export_peft',
+           'export_merged', 'is_peft_adapter', 'import_peft']
 
 # %% ../nbs/07_peft.ipynb #a3bbbbf1
 PEFT_METHODS = ('lora', 'adalora', 'adapter', 'prefix')
@@ -411,14 +412,44 @@ def _layer_of(name:str)->int:
     "The layer number in a module name"
     return int([p for p in name.split('.') if p.isdigit()][-1])
 
+# %% ../nbs/07_peft.ipynb #c1f0a002
+def _cast_once_forward(self:nn.Linear, x:torch.Tensor)->torch.Tensor:
+    "`nn.Linear.forward`; under autocast, a frozen fp32 weight and bias are cast once and the copy kept while they are unchanged"
+    w, b, dev = self.weight, self.bias, x.device.type
+    if (w.requires_grad or (b is not None and b.requires_grad) or w.dtype != torch.float32
+            or not torch.is_autocast_enabled(dev)): return F.linear(x, w, b)
+    key = (torch.get_autocast_dtype(dev), w._version, w.data_ptr(), None if b is None else (b._version, b.data_ptr()))
+    if self._cast_key != key:   # autocast's own cast: Tensor.to(dtype)
+        self._cast, self._cast_key = (w.to(key[0]), None if b is None else b.to(key[0])), key
+    return F.linear(x, *self._cast)
+
+def cast_frozen_once(
+    model:nn.Module,   # any model; its `nn.Linear` layers (LoRA's frozen W0 among them) are changed in place
+)->list[nn.Module]:    # the layers changed, for `cast_every_time`
+    "Make every `nn.Linear` of `model` keep the autocast copy of its weights while they are frozen and unchanged"
+    done = [m for m in model.modules() if isinstance(m, nn.Linear) and 'forward' not in vars(m)]
+    for m in done: m.forward, m._cast_key, m._cast = types.MethodType(_cast_once_forward, m), None, None
+    return done
+
+def cast_every_time(layers:list[nn.Module]):
+    "Undo `cast_frozen_once` on `layers`: their own forward again, the copies freed"
+    for m in layers:
+        for k in ('forward', '_cast_key', '_cast'): vars(m).pop(k, None)
+
+class CastFrozenOnce(Callback):
+    "`cast_frozen_once` on `model` while it trains"
+    def __init__(self, model:nn.Module): self.model, self.layers = model, []
+    def on_train_begin(self, state): self.layers = cast_frozen_once(self.model)
+    def on_train_end(self, state): cast_every_time(self.layers); self.layers = []
+
 # %% ../nbs/07_peft.ipynb #3142fc99
 def peft_callbacks(
     model:nn.Module,       # the adapted model
     settings:PeftSettings, # its method and settings
 )->list[Callback]:         # the engine callbacks the method needs (AdaLoRA's budget step), or none
-    "The training callbacks the PEFT method of `settings` needs"
-    if settings.method != 'adalora': return []
-    return [AdaLoRABudget(model, settings.adalora_target_r)]
+    "The training callbacks the PEFT method of `settings` needs: `CastFrozenOnce` for every one, AdaLoRA's budget step"
+    if settings.method not in PEFT_METHODS: return []
+    return [CastFrozenOnce(model), *([AdaLoRABudget(model, settings.adalora_target_r)] if settings.method == 'adalora' else [])]
 
 # %% ../nbs/07_peft.ipynb #29851dd8
 def weights_sha256(module:nn.Module)->str:

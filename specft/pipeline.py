@@ -26,10 +26,11 @@ from .knowledge import (check_knowledge, check_against_labels, knowledge_record,
 from .core import md_table
 
 # %% auto #0
-__all__ = ['METHODS', 'DEFAULT_LR', 'RunConfig', 'learning_rate', 'peft_settings', 'check_config', 'default_run_dir',
-           'saved_config', 'resume_settings', 'prepare_run_dir', 'data_sha256', 'versions', 'git_commit',
-           'preprocessing_of', 'PreparedData', 'prepare_data', 'build_model', 'RunResult', 'run', 'kept_by',
-           'model_card', 'check_run_dir', 'Predictor', 'evaluate_run']
+__all__ = ['METHODS', 'DEFAULT_LR', 'DEFAULT_EPOCHS', 'DEFAULT_LORA_DROPOUT', 'BY_METHOD', 'RunConfig', 'method_default',
+           'learning_rate', 'resolved', 'peft_settings', 'check_config', 'default_run_dir', 'saved_config',
+           'resume_settings', 'prepare_run_dir', 'data_sha256', 'versions', 'git_commit', 'preprocessing_of',
+           'PreparedData', 'prepare_data', 'build_model', 'RunResult', 'run', 'kept_by', 'model_card', 'check_run_dir',
+           'Predictor', 'evaluate_run']
 
 # %% ../nbs/09_pipeline.ipynb #0d3f609d
 from .peft import (PEFT_METHODS, PeftSettings, build_peft_classifier, save_peft, load_peft, peft_record,
@@ -55,14 +56,14 @@ class RunConfig:
     method:str = 'full'           # 'full' fine-tune, 'head' only, or a PEFT method: 'lora', 'adalora', 'adapter', 'prefix'
     lora_r:int = PeftSettings.lora_r                 # LoRA: rank r of the update B A
     lora_alpha:float = PeftSettings.lora_alpha       # LoRA, AdaLoRA: the update is scaled by alpha/r
-    lora_dropout:float = PeftSettings.lora_dropout   # LoRA, AdaLoRA: dropout on the adapter branch's input
+    lora_dropout:float|None = None   # LoRA, AdaLoRA: dropout on the adapter branch's input; None: the method's default (DEFAULT_LORA_DROPOUT)
     lora_targets:str = PeftSettings.lora_targets     # LoRA, AdaLoRA: comma-separated name suffixes of the layers to adapt
     adalora_init_r:int = PeftSettings.adalora_init_r # AdaLoRA: rank of each adapted matrix at the start
     adalora_target_r:int = PeftSettings.adalora_target_r # AdaLoRA: mean rank per matrix at the end
     adapter_size:int = PeftSettings.adapter_size     # bottleneck adapters: width m
     adapter_kind:str = PeftSettings.adapter_kind     # 'houlsby' (after attention and feed-forward) or 'pfeiffer' (after feed-forward)
     prefix_len:int = PeftSettings.prefix_len         # prefix tuning: key/value vectors per layer
-    epochs:int = TrainConfig.epochs                # passes over the training rows
+    epochs:int|None = None        # passes over the training rows; None: the method's default (DEFAULT_EPOCHS)
     lr:float|None = None          # peak learning rate of the trained weights; None: the method's default (DEFAULT_LR)
     head_lr_scale:float = TrainConfig.head_lr_scale    # the head's learning rate is `lr * head_lr_scale`
     batch_size:int = 16           # rows per step
@@ -95,10 +96,9 @@ class RunConfig:
                 if getattr(self, f.name) != f.default}
 
     def train_config(self)->TrainConfig:
-        "The engine's settings of this run: every field `TrainConfig` shares with `RunConfig` (`lr` resolved by `learning_rate`), the others at their defaults"
+        "The engine's settings of this run: every field `TrainConfig` shares with `RunConfig` (None: the method's default, `method_default`), the others at their defaults"
         mine = {f.name for f in dataclasses.fields(self)}
-        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig) if f.name in mine}
-        return TrainConfig(**{**shared, 'lr': learning_rate(self)})
+        return TrainConfig(**{f.name: method_default(self, f.name) for f in dataclasses.fields(TrainConfig) if f.name in mine})
 
 # %% ../nbs/09_pipeline.ipynb #fa54ca97
 METHODS = (*METHODS, *PEFT_METHODS)   # full, head, and the parameter-efficient methods of specft.peft
@@ -106,14 +106,28 @@ METHODS = (*METHODS, *PEFT_METHODS)   # full, head, and the parameter-efficient 
 # starting points (1e-3; prefixes 1e-2) on VALIDATION macro-F1, mean of seeds 0 and 1, by
 # `bench/peft_methods.py --lr-sweep` (bench/peft_results_lr_sweep.json); the 60-row validation split makes this a noisy choice.
 DEFAULT_LR = {'full': TrainConfig.lr, 'head': TrainConfig.lr, 'lora': 3e-3, 'adalora': 3e-4, 'adapter': 1e-3, 'prefix': 3e-2}
+# LoRA: the recipe 3-fold cross-validation on the training split chose (bench/recipe_cv.py --family lora, lesson 07):
+# 10 epochs, and no dropout on the LoRA branch (its out-of-fold macro-F1 held up, and its epochs run faster)
+DEFAULT_EPOCHS = {**{m: TrainConfig.epochs for m in METHODS}, 'lora': 10}
+DEFAULT_LORA_DROPOUT = {**{m: PeftSettings.lora_dropout for m in METHODS}, 'lora': 0.0}
+BY_METHOD = {'lr': DEFAULT_LR, 'epochs': DEFAULT_EPOCHS, 'lora_dropout': DEFAULT_LORA_DROPOUT}   # field -> method -> default
+
+def method_default(cfg:RunConfig, name:str):
+    "`cfg`'s field `name`; for a field of `BY_METHOD` left at None, its method's default"
+    v = getattr(cfg, name)
+    return BY_METHOD[name][cfg.method] if v is None and name in BY_METHOD else v
 
 def learning_rate(cfg:RunConfig)->float:
     "The peak learning rate of run `cfg`: `cfg.lr`, or its method's default"
-    return cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.method]
+    return method_default(cfg, 'lr')
+
+def resolved(cfg:RunConfig)->RunConfig:
+    "`cfg` with each field of `BY_METHOD` left at None set to its method's default: the settings the run uses (run.json keeps these)"
+    return dataclasses.replace(cfg, **{k: method_default(cfg, k) for k in BY_METHOD})
 
 def peft_settings(cfg:RunConfig)->PeftSettings:
-    "The `specft.peft.PeftSettings` of run `cfg` (its method and the fields they share)"
-    return PeftSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PeftSettings) if hasattr(cfg, f.name)})
+    "The `specft.peft.PeftSettings` of run `cfg` (its method and the fields they share, None resolved by `method_default`)"
+    return PeftSettings(**{f.name: method_default(cfg, f.name) for f in dataclasses.fields(PeftSettings) if hasattr(cfg, f.name)})
 
 # %% ../nbs/09_pipeline.ipynb #d4e4ee05
 _CHOICES = {'pooling': POOLINGS, 'method': METHODS}
@@ -320,7 +334,7 @@ def run(
     check_against_labels(cfg, data.labels.names)
     model, tok, peft = build_model(cfg, len(data.labels), data.labels.names)
     if cfg.grad_checkpointing: enable_grad_checkpointing(model)
-    info = {'config': asdict(cfg), 'preprocessing': preprocessing_of(cfg), 'labels': data.labels.names,
+    info = {'config': asdict(resolved(cfg)), 'preprocessing': preprocessing_of(cfg), 'labels': data.labels.names,
             'data': {'name': data.corpus_name, 'source': data.source, 'citation': data.citation},
             'report': data.report, 'params': count_params(model), 'versions': versions(),
             'git_commit': git_commit(), 'data_sha256': data.sha256,

@@ -200,7 +200,8 @@ class _PanelWidgets(W.VBox):
         e = math.log10(lr)
         self.lr = W.FloatLogSlider(value=lr, base=10, min=min(-6, math.floor(e)), max=max(-1, math.ceil(e)),
                                    step=0.01, readout_format='.2g', description='learning rate', style=st)
-        self.epochs = W.IntSlider(value=d['epochs'], min=1, max=max(20, d['epochs']), description='epochs', style=st)
+        epochs = d['epochs'] if d['epochs'] is not None else pipeline.DEFAULT_EPOCHS[d['method']]
+        self.epochs = W.IntSlider(value=epochs, min=1, max=max(20, epochs), description='epochs', style=st)
         self.batch_size = W.Dropdown(options=sorted({4, 8, 16, 32, 64, d['batch_size']}), value=d['batch_size'],
                                      description='batch size', style=st)
         self.max_len = W.IntSlider(value=d['max_len'], min=16, max=max(512, d['max_len']), step=16,
@@ -514,7 +515,7 @@ class TrainPanel(_RunPart, _DataPart, _PanelWidgets):
                          'adv_steps', 'adv_alpha')}
         self.convert = {'model': str.strip,
                         'max_train_rows': lambda v: v or None, 'out': lambda v: v.strip() or None,
-                        'lr': self._lr,
+                        'lr': self._lr, 'epochs': self._epochs,
                         'warmup': lambda v: round(v, 6), 'weight_decay': lambda v: round(v, 6),  # float noise of slider steps
                         'logit_adjust': lambda v: round(v, 6),
                         **{k: lambda v: v.strip() or None for k in ('text_pair_col', 'rules', 'label_groups')}}
@@ -532,10 +533,16 @@ class TrainPanel(_RunPart, _DataPart, _PanelWidgets):
         v = float(f'{v:.2g}')
         return None if v == pipeline.DEFAULT_LR.get(self.method.value) else v
 
+    def _epochs(self, v:int)->int|None:
+        "The slider's epochs; None at the method's default"
+        return None if v == pipeline.DEFAULT_EPOCHS.get(self.method.value) else v
+
     def _on_method(self, change):
-        "A slider left at the old method's default moves to the new method's"
+        "A slider left at the old method's default (learning rate, epochs) moves to the new method's"
         if float(f'{self.lr.value:.2g}') == pipeline.DEFAULT_LR.get(change['old']):
             self.lr.value = pipeline.DEFAULT_LR.get(change['new'], self.lr.value)
+        if self.epochs.value == pipeline.DEFAULT_EPOCHS.get(change['old']):
+            self.epochs.value = pipeline.DEFAULT_EPOCHS.get(change['new'], self.epochs.value)
 
     @property
     def running(self)->bool: return self._thread is not None and self._thread.is_alive()

@@ -2,7 +2,7 @@
 import math
 import numpy as np, pandas as pd, pytest
 from specft.core import SpecftConfigError
-from specft.pipeline import RunConfig, prepare_data
+from specft.pipeline import RunConfig, prepare_data, DEFAULT_EPOCHS
 from specft.curve import (MIN_STEPS, subset_counts, stratified_subset, curve_epochs, learning_curve, curve_summary,
                           crossing_point, _fingerprint)
 
@@ -56,7 +56,9 @@ def test_learning_curve_is_paired(train):
     for n, g in df.groupby('size'):
         assert g['subset'].nunique() == 1 and g['subset'].iloc[0] == _fingerprint(stratified_subset(train, n, 1))
     models = df[df.method != 'tfidf']
-    assert (models.epochs == 5).all() and (models.steps == 5).all()       # one step per epoch; the floor of 3 does not bind
+    # one step per epoch; the floor of 3 does not bind; each method trains its own default epochs (LoRA's are 10)
+    assert (models.epochs == models.method.map(DEFAULT_EPOCHS)).all() and (models.steps == models.epochs).all()
+    assert set(models.epochs) == {DEFAULT_EPOCHS['full'], DEFAULT_EPOCHS['lora']} and DEFAULT_EPOCHS['full'] != DEFAULT_EPOCHS['lora']
     assert df[df.method == 'tfidf'].steps.isna().all()
     s = curve_summary(df)
     assert len(s) == 6 and (s.n == 1).all() and s.macro_f1_sd.isna().all()

@@ -202,15 +202,32 @@ def test_fit_then_fresh_process_bit_identical(tiny, tmp_path):
     subprocess.run([sys.executable, '-c', code, str(tmp_path)], check=True)
     assert torch.equal(torch.load(tmp_path/'out.pt'), mine)
 
-@pytest.mark.parametrize('method', ['lora', 'adalora'])
-def test_kill_and_resume_is_exact(tmp_path, method):
-    kw = dict(method=method, adalora_init_r=4, adalora_target_r=2, **QUICK)
+@pytest.mark.parametrize('method,precision', [('lora', 'fp32'), ('adalora', 'fp32'), ('lora', 'bf16')])   # bf16: frozen weights cast once
+def test_kill_and_resume_is_exact(tmp_path, method, precision):
+    kw = dict(method=method, adalora_init_r=4, adalora_target_r=2, **{**QUICK, 'precision': precision})
     ref = run(RunConfig(out=str(tmp_path/'a'), **kw))
     with pytest.raises(KeyboardInterrupt): run(RunConfig(out=str(tmp_path/'b'), **kw), callbacks=[Crash(ref.state.total_steps - 2)])
     res = run(RunConfig(out=str(tmp_path/'b'), resume=True))
     a, b = load_file(str(tmp_path/'a/peft.safetensors')), load_file(str(tmp_path/'b/peft.safetensors'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert res.metrics['macro_f1'] == ref.metrics['macro_f1'] and res.y_pred == ref.y_pred
+
+def test_frozen_weights_cast_once_while_training_only():
+    "Under bf16 autocast every frozen linear layer keeps one cast copy while training; afterwards the model is as before"
+    from specft.peft import CastFrozenOnce, peft_callbacks
+    from specft.train import Callback, TrainConfig, fit
+    torch.manual_seed(0)
+    clf, tok, _ = build_peft_classifier('tiny', 3, PeftSettings(lora_r=4), seed=0)
+    cbs = peft_callbacks(clf, PeftSettings('lora'))
+    assert [type(c) for c in cbs] == [CastFrozenOnce] and peft_callbacks(clf, PeftSettings('full')) == []
+    frozen = [m for m in clf.modules() if isinstance(m, nn.Linear) and not m.weight.requires_grad]
+    seen = []
+    class Look(Callback):
+        def on_step_end(self, state): seen.append([(id(m._cast[0]), m._cast[0].dtype) if m._cast else None for m in frozen])
+    fit(clf, toy_loader(tok, n=24), None, TrainConfig(epochs=1, lr=5e-3, device='cpu', precision='bf16'), callbacks=[*cbs, Look()])
+    assert len(seen) == 3 and len(frozen) > 10 and seen[0] == seen[-1]         # cast in the first step, the same copies after
+    assert all(c is not None and c[1] == torch.bfloat16 for c in seen[0])
+    assert not any('forward' in vars(m) or '_cast' in vars(m) for m in clf.modules())   # given back at the end
 
 @pytest.mark.parametrize('method', ['adapter', 'prefix'])
 def test_every_method_trains_through_the_pipeline(tmp_path, method):

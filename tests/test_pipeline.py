@@ -12,8 +12,8 @@ def test_train_config_and_run_config_cannot_disagree():
     engine, front = TrainConfig(), RunConfig()
     for name in SHARED:
         assert getattr(front.train_config(), name) == getattr(engine, name), name
-        # lr None means the method's default learning rate, which for full fine-tuning is the engine's
-        assert getattr(front, name) == getattr(engine, name) or (name == 'lr' and front.lr is None), name
+        # lr and epochs None mean the method's defaults, which for full fine-tuning are the engine's
+        assert getattr(front, name) == getattr(engine, name) or (name in ('lr', 'epochs') and getattr(front, name) is None), name
     assert front.train_config() == engine
 
 def test_train_config_passes_every_shared_field():

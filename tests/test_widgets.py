@@ -45,7 +45,7 @@ def test_defaults_are_the_cli_defaults():
     assert d == {k: v for k, v in vars(build_parser().parse_args(['train'])).items() if k != 'command'}
     assert p.config() == RunConfig()
     assert (p.lr.value, p.epochs.value, p.batch_size.value, p.max_len.value, p.warmup.value, p.weight_decay.value,
-            p.seed.value, p.device.value) == (pipeline.DEFAULT_LR[d['method']], d['epochs'], d['batch_size'], d['max_len'], d['warmup'],
+            p.seed.value, p.device.value) == (pipeline.DEFAULT_LR[d['method']], pipeline.DEFAULT_EPOCHS[d['method']], d['batch_size'], d['max_len'], d['warmup'],
                                               d['weight_decay'], d['seed'], d['device'])
     assert (p.class_weights.value, p.logit_adjust.value) == (d['class_weights'], d['logit_adjust'])
 
@@ -54,12 +54,16 @@ def test_methods_follow_the_pipeline(monkeypatch):
     monkeypatch.setattr(pipeline, 'METHODS', (*pipeline.METHODS, 'lora'))
     assert ('LoRA', 'lora') in TrainPanel().method.options
 
-def test_lr_follows_the_method():
+def test_lr_and_epochs_follow_the_method():
     p = TrainPanel()
     p.method.value = 'lora'
     assert p.lr.value == pytest.approx(pipeline.DEFAULT_LR['lora']) and p.config().lr is None
-    p.lr.value = 3e-4; p.method.value = 'adapter'
-    assert p.config().lr == 3e-4
+    assert p.epochs.value == pipeline.DEFAULT_EPOCHS['lora'] != pipeline.DEFAULT_EPOCHS['full'] and p.config().epochs is None
+    assert p.config().train_config().epochs == pipeline.DEFAULT_EPOCHS['lora']
+    p.lr.value = 3e-4; p.epochs.value = 7; p.method.value = 'adapter'
+    assert (p.config().lr, p.config().epochs) == (3e-4, 7)   # a value the user set stays
+    p.epochs.value = pipeline.DEFAULT_EPOCHS['adapter']; p.method.value = 'lora'
+    assert p.epochs.value == pipeline.DEFAULT_EPOCHS['lora'] and p.config().epochs is None
 
 def test_precision_shown_next_to_the_device():
     p = TrainPanel()
