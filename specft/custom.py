@@ -326,7 +326,8 @@ def run_averaged(
     "Train `config` with `run`, then write the mean of its last `last` epochs' weights as a run folder `averaged/` inside it"
     cfg = check_config(config)
     if cfg.method in PEFT_METHODS: raise SpecftConfigError(f"weight averaging takes --method full or head, not {cfg.method}.")
-    if not 2 <= last <= (epochs := cfg.train_config().epochs):
+    epochs = cfg.train_config().epochs
+    if not 2 <= last <= epochs:
         raise SpecftConfigError(f"weight averaging of the last {last} epochs needs 2 <= last <= --epochs ({epochs}).")
     res = run(cfg, [*callbacks, KeepEpochs(last)])
     if res.state.step < res.state.total_steps:
