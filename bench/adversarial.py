@@ -52,9 +52,10 @@ def one_run(cfg:RunConfig, rates, tmp:str)->dict:
     for rate in rates:
         rep = robustness_report(pred, data.test.text, data.test.label, kinds=('typos',), rate=rate, seed=cfg.seed)
         scores[f'typos@{rate}'] = {k: float(rep.loc['typos', k]) for k in ('accuracy', 'macro_f1', 'predictions_changed')}
-    return {'adversarial': cfg.adversarial, 'adv_eps': cfg.adv_eps, 'seed': cfg.seed, 'epochs': cfg.train_config().epochs,
+    epochs = cfg.train_config().epochs   # None in cfg: the method's default
+    return {'adversarial': cfg.adversarial, 'adv_eps': cfg.adv_eps, 'seed': cfg.seed, 'epochs': epochs,
             'val_macro_f1': res.state.metrics.get('macro_f1'), 'train_seconds': round(clock.seconds, 1),
-            'seconds_per_epoch': round(clock.seconds / cfg.train_config().epochs, 1), 'scores': scores,
+            'seconds_per_epoch': round(clock.seconds / epochs, 1), 'scores': scores,
             'baseline_tfidf': {k: res.baseline[k] for k in ('accuracy', 'macro_f1')}}
 
 def choose_eps(grid_runs:list[dict])->float:

@@ -103,9 +103,9 @@ def main(argv=None):
                else Path(__file__).parent/f"peft_results{'_lr_sweep' if a.lr_sweep else ''}.json")
     out = Path(a.out) if a.out else default
     done = []
+    before = lambda r: {k: v for k, v in BEFORE.items() if k == 'epochs' or r['method'] in LORA_FAMILY}
     for f in a.reuse:
         saved = json.loads(Path(f).read_text())
-        before = lambda r: {k: v for k, v in BEFORE.items() if k == 'epochs' or r['method'] in LORA_FAMILY}
         done += [{**before(r), **r, 'workers': r.get('workers', saved['workers']), 'reused_from': str(f)} for r in saved['runs'] if r['method'] not in a.fresh]
     found = [next((r for r in done if all(r.get(k) == v for k, v in j['config'].items())), None) for j in jobs]
     rows = [r for r in found if r is not None]

@@ -10,7 +10,7 @@ from .core import SpecftConfigError, set_seed, choose_precision
 from .train import fit, predict_logits
 from .evaluate import compute_metrics, fit_baseline
 from .peft import peft_callbacks
-from .pipeline import RunConfig, PreparedData, check_config, prepare_data, build_model, peft_settings, _encode
+from .pipeline import RunConfig, PreparedData, DEFAULT_EPOCHS, check_config, prepare_data, build_model, peft_settings, _encode
 from .knowledge import baseline_texts
 
 # %% auto #0
@@ -51,7 +51,7 @@ MIN_STEPS = 100   # the curve's floor on optimizer steps per run: a fixed choice
 def curve_epochs(
     n:int,                               # training rows
     batch_size:int=RunConfig.batch_size, # B, rows per step
-    epochs:int=RunConfig().train_config().epochs, # E, the recipe's epochs (default: full fine-tuning's)
+    epochs:int=DEFAULT_EPOCHS['full'],    # E, the recipe's epochs (default: full fine-tuning's)
     min_steps:int=MIN_STEPS,             # S_min, the fewest optimizer steps a run may take
 )->int:                                  # max(E, ceil(S_min / ceil(n / B)))
     "Epochs for `n` training rows: the recipe's `epochs`, or more, so that the run takes at least `min_steps` optimizer steps"
@@ -74,7 +74,8 @@ def curve_point(
     "Train recipe `cfg` on `train` without validation, keeping the last epoch and writing nothing, then score it once on the test split"
     set_seed(cfg.seed)
     model, tok, _ = build_model(cfg, len(data.labels), data.labels.names)
-    tc = dataclasses.replace(cfg.train_config(), select_metric='last', epochs=curve_epochs(len(train), cfg.batch_size, cfg.train_config().epochs, min_steps))
+    tc = cfg.train_config()   # the method's defaults resolved; only the epochs and the kept epoch change
+    tc = dataclasses.replace(tc, select_metric='last', epochs=curve_epochs(len(train), cfg.batch_size, tc.epochs, min_steps))
     t = time.perf_counter()
     state = fit(model, _encode(tok, train, data.labels, cfg, shuffle=True), None, tc,
                 callbacks=peft_callbacks(model, peft_settings(cfg)), labels=data.labels.names)
