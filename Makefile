@@ -53,6 +53,7 @@ test-slow: venv
 	$(OFFLINE) $(BIN)/nbdev_test --n_workers $(NB_WORKERS) --flags slow --timing --file_re '$(SLOW_RE)'
 	for f in bench/*.py; do echo "$$f --quick"; $(OFFLINE) $(BIN)/python $$f --quick || exit 1; done
 	$(OFFLINE) $(BIN)/python bench/recipe_cv.py --quick --family lora
+	$(OFFLINE) $(BIN)/python bench/peft_methods.py --quick --interleave --methods full lora --seeds 0
 	$(OFFLINE) SPECFT_SLOW=1 $(BIN)/pytest -q tests/test_browser.py
 
 lab: venv

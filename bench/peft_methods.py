@@ -20,23 +20,34 @@ instead of training it again: the sweep's runs at the chosen learning rates are 
 `--fresh METHOD ...` reruns those methods' runs anyway (their timing in FILE was taken on a loaded machine).
 Reused rows keep the timing conditions they were measured under (`workers` in each row); compare seconds per epoch
 only between rows measured with the same number of workers.
+
+`--interleave` times the methods side by side: the runs of one seed start together, each its own process, and take
+turns epoch by epoch (one computes with every core, the others wait), so a slow spell of the machine falls on all of
+them alike. Each run is still the whole `specft train` run, so every other measure is the same as without it.
+
+    python bench/peft_methods.py --methods full lora --interleave --out bench/peft_interleaved_results.json
 """
 from __future__ import annotations
 import argparse, json, multiprocessing as mp, os, platform, resource, statistics, sys, tempfile, time
 from pathlib import Path
 
-def measure_run(job:dict)->dict:
-    "Train one run in this (fresh) process and measure it"
+def measure_run(job:dict, turn=None)->dict:
+    "Train one run in this (fresh) process and measure it; `turn` = (go, queue, i): wait for `go` before starting and after each epoch"
+    if turn is not None: turn[0].wait(); turn[0].clear()
     import torch
     from specft.pipeline import RunConfig, run
     from specft.train import Callback
+    from specft.core import choose_precision
     torch.set_num_threads(job.pop('threads'))
     class Meter(Callback):
         "Seconds per epoch, and the optimizer state's size at the first checkpoint"
-        def __init__(self): self.t, self.epochs, self.opt_bytes = None, [], None
-        def on_train_begin(self, s): self.t = time.perf_counter()
+        def __init__(self): self.t, self.epochs, self.spans, self.opt_bytes = None, [], [], None
+        def on_train_begin(self, s): self.t, self.t0 = time.perf_counter(), time.time()
         def on_epoch_end(self, s):
-            now = time.perf_counter(); self.epochs.append(now - self.t); self.t = now
+            self.epochs.append(time.perf_counter() - self.t); self.spans.append((self.t0, time.time()))
+            if turn is not None:   # the next run's turn; this one waits for its own
+                go, queue, i = turn; queue.put((i, None)); go.wait(); go.clear()
+            self.t, self.t0 = time.perf_counter(), time.time()
         def on_checkpoint(self, s, path):
             if self.opt_bytes is None: self.opt_bytes = (Path(path)/'optimizer.pt').stat().st_size
     m = Meter()
@@ -50,13 +61,46 @@ def measure_run(job:dict)->dict:
         folder = sum(p.stat().st_size for p in r.run_dir.rglob('*') if p.is_file())
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     p = info['params']
-    return dict(job['config'], test_accuracy=r.metrics['accuracy'], test_macro_f1=r.metrics['macro_f1'],
+    c = info['config']
+    return dict(job['config'], precision=choose_precision(c['precision'], c['device']), interleaved=turn is not None, test_accuracy=r.metrics['accuracy'], test_macro_f1=r.metrics['macro_f1'],
                 baseline_accuracy=r.baseline['accuracy'], baseline_macro_f1=r.baseline['macro_f1'],
                 val_macro_f1=r.state.metrics.get('macro_f1'), val_accuracy=r.state.metrics.get('accuracy'),
                 trainable=p['trainable'], total=p['total'], trainable_pct=100 * p['trainable'] / p['total'],
-                sec_per_epoch=statistics.median(m.epochs), epoch_seconds=m.epochs,
+                sec_per_epoch=statistics.median(m.epochs), epoch_seconds=m.epochs, epoch_spans=m.spans,
                 peak_memory_bytes=peak, peak_memory_kind='cuda_max_allocated' if cuda else 'rss',
                 optimizer_state_bytes=m.opt_bytes, weights_bytes=weights, folder_bytes=folder)
+
+def _turns(queue, i, job):
+    "`measure_run` of `job` taking turns: its result (or the error that stopped it) goes on `queue`"
+    try: queue.put((i, measure_run(job, (job.pop('go'), queue, i))))
+    except BaseException as e: queue.put((i, e)); raise
+
+def interleaved(jobs:list[dict]):
+    "Run `jobs` at once, one process each, taking turns epoch by epoch (one computes, the others wait); yield their results"
+    ctx = mp.get_context('spawn'); queue = ctx.Queue()
+    gos = [ctx.Event() for _ in jobs]
+    procs = [ctx.Process(target=_turns, args=(queue, i, dict(j, go=g))) for i, (j, g) in enumerate(zip(jobs, gos))]
+    for pr in procs: pr.start()
+    live = list(range(len(jobs)))
+    while live:
+        for i in list(live):   # a round: every unfinished run trains one epoch (the first turn also sets the run up)
+            gos[i].set()
+            j, r = queue.get()
+            assert j == i, f'run {j} reported during the turn of run {i}'
+            if isinstance(r, BaseException):
+                for pr in procs: pr.terminate()
+                raise RuntimeError(f"run {jobs[i]['config']} failed: {r!r}") from r
+            if r is not None: live.remove(i); procs[i].join(); yield r   # finished: its test scoring was done in its turn
+
+def overlapping(rows:list[dict])->list[tuple]:
+    "Pairs of epochs (method, seed, epoch) of different runs of one seed whose wall-clock spans overlap: none when they took turns"
+    spans = sorted((a, b, (r['method'], r['seed'], e + 1)) for r in rows for e, (a, b) in enumerate(r['epoch_spans']))
+    return [(x[2], y[2]) for x, y in zip(spans, spans[1:]) if y[0] < x[1] and x[2][1] == y[2][1] and x[2][0] != y[2][0]]
+
+def cpu_name()->str:
+    "The CPU's model name (Linux), else what `platform` says"
+    try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except (OSError, StopIteration): return platform.processor() or platform.machine()
 
 def _summary(rows:list[dict], methods)->dict:
     "Mean and sd over seeds of each method's measures"
@@ -85,12 +129,13 @@ def main(argv=None):
     p.add_argument('--quick', action='store_true', help="the tiny model, 1 epoch, 48 training rows: checks the script")
     p.add_argument('--lr-sweep', action='store_true', help='pick each PEFT method\'s lr on the validation split')
     p.add_argument('--workers', type=int, default=1, help='runs at a time (each its own process); timing is clean at 1')
+    p.add_argument('--interleave', action='store_true', help="each seed's runs at once, taking turns epoch by epoch: epochs timed side by side")
     p.add_argument('--reuse', nargs='+', default=[], metavar='FILE', help='results files whose runs with the same settings are not rerun')
     p.add_argument('--fresh', nargs='+', default=[], metavar='METHOD', help='methods whose runs are never reused (e.g. timed on a loaded machine)')
     p.add_argument('--out', default=None, help='results file (default bench/peft_results.json, or _lr_sweep; --quick: a temporary file)')
     a = p.parse_args(argv)
     from specft.pipeline import RunConfig, resolved
-    base = dict(model='tiny', epochs=1, max_train_rows=48, max_len=64) if a.quick else {}
+    base = dict(model='tiny', epochs=2 if a.interleave else 1, max_train_rows=48, max_len=64) if a.quick else {}
     jobs = []
     for s in a.seeds:   # seed by seed, every method in turn: a slow spell of the machine hits them all alike
         for meth in a.methods:
@@ -98,7 +143,7 @@ def main(argv=None):
                 cfg = dict(base, method=meth, seed=s)
                 r = resolved(RunConfig(**cfg))   # the method's defaults, written into the job so that --reuse compares them
                 cfg.update(lr=lr if lr is not None else r.lr, epochs=r.epochs, **({'lora_dropout': r.lora_dropout} if meth in LORA_FAMILY else {}))
-                jobs.append(dict(config=cfg, threads=max(1, (os.cpu_count() or 1) // a.workers)))
+                jobs.append(dict(config=cfg, threads=max(1, (os.cpu_count() or 1) // (1 if a.interleave else a.workers))))
     default = (Path(tempfile.mkdtemp(prefix='peft-quick-'))/'peft_results_quick.json' if a.quick   # never over committed results
                else Path(__file__).parent/f"peft_results{'_lr_sweep' if a.lr_sweep else ''}.json")
     out = Path(a.out) if a.out else default
@@ -112,17 +157,23 @@ def main(argv=None):
     jobs = [j for j, r in zip(jobs, found) if r is None]
     for r in rows: print(f"{r['method']:8s} lr {r['lr']:.0e} seed {r['seed']}: taken from {r['reused_from']}", flush=True)
     t0 = time.time()
-    with mp.get_context('spawn').Pool(max(1, min(a.workers, len(jobs))), maxtasksperchild=1) as pool:
-        for r in pool.imap(measure_run, jobs):
-            r['workers'] = a.workers
-            rows.append(r)
-            print(f"{r['method']:8s} lr {r['lr']:.0e} seed {r['seed']}: test macro-F1 {r['test_macro_f1']:.3f} (baseline "
-                  f"{r['baseline_macro_f1']:.3f}), val macro-F1 {r['val_macro_f1']:.3f}, {r['trainable_pct']:.2f}% trainable, "
-                  f"{r['sec_per_epoch']:.1f} s/epoch", flush=True)
+    def results():
+        if a.interleave:   # one seed at a time, its runs taking turns
+            for s in dict.fromkeys(j['config']['seed'] for j in jobs): yield from interleaved([j for j in jobs if j['config']['seed'] == s])
+            return
+        with mp.get_context('spawn').Pool(max(1, min(a.workers, len(jobs))), maxtasksperchild=1) as pool: yield from pool.imap(measure_run, jobs)
+    for r in results():
+        r['workers'] = 1 if a.interleave else a.workers
+        rows.append(r)
+        print(f"{r['method']:8s} lr {r['lr']:.0e} seed {r['seed']}: test macro-F1 {r['test_macro_f1']:.3f} (baseline "
+              f"{r['baseline_macro_f1']:.3f}), val macro-F1 {r['val_macro_f1']:.3f}, {r['trainable_pct']:.2f}% trainable, "
+              f"{r['sec_per_epoch']:.1f} s/epoch", flush=True)
+    if a.interleave and (clash := overlapping([r for r in rows if r.get('interleaved')])):
+        raise RuntimeError(f'--interleave: epochs of different runs overlapped in time: {clash[:3]}')
     import torch, transformers
     res = dict(command='python bench/peft_methods.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
-               device=torch.cuda.get_device_name() if torch.cuda.is_available() else f'cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})',
-               torch=torch.__version__, transformers=transformers.__version__, workers=a.workers,
+               device=torch.cuda.get_device_name() if torch.cuda.is_available() else f'cpu ({os.cpu_count()} cores, {cpu_name()})',
+               torch=torch.__version__, transformers=transformers.__version__, workers=1 if a.interleave else a.workers, interleaved=a.interleave,
                minutes=round((time.time() - t0) / 60, 1), runs=rows)
     if a.lr_sweep:
         val = {}
