@@ -62,7 +62,8 @@ def measure_run(job:dict, turn=None)->dict:
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     p = info['params']
     c = info['config']
-    return dict(job['config'], precision=choose_precision(c['precision'], c['device']), interleaved=turn is not None, test_accuracy=r.metrics['accuracy'], test_macro_f1=r.metrics['macro_f1'],
+    return dict(job['config'], precision=choose_precision(c['precision'], c['device']), interleaved=turn is not None,
+                test_accuracy=r.metrics['accuracy'], test_macro_f1=r.metrics['macro_f1'],
                 baseline_accuracy=r.baseline['accuracy'], baseline_macro_f1=r.baseline['macro_f1'],
                 val_macro_f1=r.state.metrics.get('macro_f1'), val_accuracy=r.state.metrics.get('accuracy'),
                 trainable=p['trainable'], total=p['total'], trainable_pct=100 * p['trainable'] / p['total'],
@@ -126,7 +127,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--methods', nargs='+', default=['full', 'head', 'lora', 'adalora', 'adapter', 'prefix'])
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    p.add_argument('--quick', action='store_true', help="the tiny model, 1 epoch, 48 training rows: checks the script")
+    p.add_argument('--quick', action='store_true', help="the tiny model, 1 epoch (2 with --interleave), 48 training rows: checks the script")
     p.add_argument('--lr-sweep', action='store_true', help='pick each PEFT method\'s lr on the validation split')
     p.add_argument('--workers', type=int, default=1, help='runs at a time (each its own process); timing is clean at 1')
     p.add_argument('--interleave', action='store_true', help="each seed's runs at once, taking turns epoch by epoch: epochs timed side by side")
