@@ -28,9 +28,10 @@ Writes bench/adversarial_results.json; nbs/21_adversarial.ipynb reads it.
 Data: the bundled drug reviews, a subset of the UCI Drug Review dataset (Gräßer, Kallumadi, Malberg and Zaunseder,
 Digital Health 2018; CC BY 4.0; full citation in specft.corpus.DRUG_REVIEWS_CITATION).
 """
-import argparse, dataclasses, json, platform, statistics, sys, tempfile, time
+import argparse, dataclasses, json, statistics, sys, tempfile, time
 from pathlib import Path
 import torch
+from specft.core import device_name
 from specft.pipeline import RunConfig, Predictor, prepare_data, run
 from specft.custom import robustness_report
 from specft.train import Callback
@@ -123,7 +124,7 @@ def main(argv=None):
             for method, e in todo:
                 runs.append(one_run(dataclasses.replace(base, adversarial=method, adv_eps=e, seed=seed), a.rates, tmp)); log(runs[-1])
     res = {'command': 'python bench/adversarial.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
-           'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
+           'device': device_name(),
            'torch': torch.__version__, 'threads': torch.get_num_threads(),
            'config': dataclasses.asdict(base) | {'out': None}, 'seeds': seeds, 'rates': a.rates,
            'eps_grid': a.eps_grid, 'eps_grid_runs': grid, 'chosen_eps': eps, 'runs': runs,

@@ -15,9 +15,10 @@ The recipe (epochs, lr, max_len, batch size ...) is RunConfig's default, never c
 Data: the bundled drug reviews, a subset of the UCI Drug Review dataset (Gräßer, Kallumadi, Malberg and Zaunseder,
 Digital Health 2018; CC BY 4.0; full citation in specft.corpus.DRUG_REVIEWS_CITATION).
 """
-import argparse, dataclasses, json, platform, statistics, sys, tempfile, time
+import argparse, dataclasses, json, statistics, sys, tempfile, time
 from pathlib import Path
 import torch
+from specft.core import device_name
 from sklearn.model_selection import train_test_split
 from specft.batch import encode_texts, make_loader
 from specft.augment import DRUG_REVIEW_THESAURUS, augment_frame
@@ -79,7 +80,7 @@ def main(argv=None):
     seeds, fracs = ([0], [0.25]) if a.quick else (a.seeds, a.fracs)
     base = RunConfig(**over)
     res = {'command': 'python bench/augment.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
-           'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
+           'device': device_name(),
            'torch': torch.__version__, 'config': {**dataclasses.asdict(base), 'seeds': len(seeds), 'fracs': fracs, 'n_aug': a.n_aug,
                                                   'thesaurus_words': len(DRUG_REVIEW_THESAURUS)}, 'runs': []}
     for frac in fracs:

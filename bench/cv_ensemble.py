@@ -10,9 +10,10 @@ draws the tables and the plot without training anything. Writes bench/cv_ensembl
     python bench/cv_ensemble.py --quick        # the tiny model, 2 folds of 1 epoch on 120 rows: a smoke test
                                                # (its results go to a temporary file unless --out is given)
 """
-import argparse, dataclasses, json, platform, sys, tempfile, time
+import argparse, dataclasses, json, sys, tempfile, time
 from pathlib import Path
 import torch
+from specft.core import device_name
 from specft.pipeline import RunConfig
 from specft.custom import run_cv, ensemble_report
 
@@ -35,7 +36,7 @@ def main(argv=None):
         cv_seconds = time.time() - t0
         report = ensemble_report(cv.cv_dir, dataclasses.replace(cfg, out=None))
     res = {'command': 'python bench/cv_ensemble.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
-           'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
+           'device': device_name(),
            'torch': torch.__version__, 'threads': torch.get_num_threads(), 'config': dataclasses.asdict(cfg) | {'out': None},
            'folds': folds, 'seconds_cv': round(cv_seconds, 1), 'seconds_total': round(time.time() - t0, 1),
            'cv': {'scores': cv.scores, 'baseline': cv.baseline, 'per_fold': cv.per_fold.to_dict('records'),

@@ -13,10 +13,10 @@ without training anything. Writes bench/finetuned_eval_results.json.
     python bench/finetuned_eval.py --quick        # the tiny model, 1 epoch, 120 training rows: a smoke test
                                                   # (its results go to a temporary file unless --out is given)
 """
-import argparse, dataclasses, json, platform, sys, tempfile, time
+import argparse, dataclasses, json, sys, tempfile, time
 from pathlib import Path
 import torch
-from specft.core import choose_precision
+from specft.core import choose_precision, device_name
 from specft.model import load_classifier
 from specft.pipeline import RunConfig, run, prepare_data, _encode
 from specft.train import predict_logits
@@ -42,7 +42,7 @@ def main(argv=None):
     a.out = a.out or (tempfile.mkdtemp(prefix='specft-bench-') + '/finetuned_eval_quick.json' if a.quick else
                       str(Path(__file__).with_name('finetuned_eval_results.json')))
     res = {'command': 'python bench/finetuned_eval.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
-           'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
+           'device': device_name(),
            'torch': torch.__version__, 'threads': torch.get_num_threads(), 'defaults': dataclasses.asdict(RunConfig()),
            'variants': {}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,11 +18,11 @@ models reproduced the first run's to the last digit:
 Writes bench/knowledge_results.json after every run (so a stopped bench keeps what it finished); `nbs/20_knowledge.ipynb`
 reads it. The override arm trains nothing: it reuses the default arm's model of the same seed.
 """
-import argparse, dataclasses, json, platform, sys, tempfile, time
+import argparse, dataclasses, json, sys, tempfile, time
 from pathlib import Path
 import numpy as np, torch
 from specft.pipeline import RunConfig, run, prepare_data, Predictor, _encode
-from specft.core import choose_precision
+from specft.core import choose_precision, device_name
 from specft.model import load_tokenizer
 from specft.train import predict_logits
 from specft.evaluate import compute_metrics
@@ -93,7 +93,7 @@ def main(argv=None):
     if a.merge: return merge(a.merge, a.out)
     base = RunConfig(**(QUICK if a.quick else {}), **{k: v for k, v in (('epochs', a.epochs), ('max_len', a.max_len)) if v is not None})
     res = {'command': 'python bench/knowledge.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
-           'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
+           'device': device_name(),
            'torch': torch.__version__, 'threads': torch.get_num_threads(), 'config': dataclasses.asdict(base),
            'rules_file': 'specft/drug_rules.csv', 'runs': [], 'summary': {}}
     trained = [arm for arm in ('default', 'pair') if arm in a.arms] + (['offset'] if 'offset' in a.arms else [])

@@ -20,9 +20,10 @@ Writes bench/learning_curve_results.json; nbs/22_curve.ipynb reads it.
 Data: the bundled drug reviews, a subset of the UCI Drug Review dataset (Gräßer, Kallumadi, Malberg and Zaunseder,
 Digital Health 2018; CC BY 4.0; full citation in specft.corpus.DRUG_REVIEWS_CITATION).
 """
-import argparse, dataclasses, json, platform, sys, tempfile, time
+import argparse, dataclasses, json, sys, tempfile, time
 from pathlib import Path
 import torch
+from specft.core import device_name
 from specft.pipeline import RunConfig, prepare_data, git_commit
 from specft.curve import MIN_STEPS, learning_curve, curve_summary, crossing_point
 
@@ -65,7 +66,7 @@ def main(argv=None):
     runs = learning_curve(cfg, sizes, seeds, a.methods, min_steps, progress=log, data=data)
     summary = curve_summary(runs)
     res = {'command': 'python bench/learning_curve.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
-           'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
+           'device': device_name(),
            'torch': torch.__version__, 'threads': torch.get_num_threads(), 'git_commit': git_commit(),
            'config': dataclasses.asdict(cfg), 'sizes': sorted(int(n) for n in runs['size'].unique()), 'seeds': seeds,
            'methods': [m for m in a.methods if m != 'tfidf'], 'min_steps': min_steps,

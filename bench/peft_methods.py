@@ -28,7 +28,7 @@ them alike. Each run is still the whole `specft train` run, so every other measu
     python bench/peft_methods.py --methods full lora --interleave --out bench/peft_interleaved_results.json
 """
 from __future__ import annotations
-import argparse, json, multiprocessing as mp, os, platform, resource, statistics, sys, tempfile, time
+import argparse, json, multiprocessing as mp, os, resource, statistics, sys, tempfile, time
 from pathlib import Path
 
 def measure_run(job:dict, turn=None)->dict:
@@ -40,14 +40,14 @@ def measure_run(job:dict, turn=None)->dict:
     from specft.core import choose_precision
     torch.set_num_threads(job.pop('threads'))
     class Meter(Callback):
-        "Seconds per epoch, and the optimizer state's size at the first checkpoint"
-        def __init__(self): self.t, self.epochs, self.spans, self.opt_bytes = None, [], [], None
-        def on_train_begin(self, s): self.t, self.t0 = time.perf_counter(), time.time()
+        "Each epoch's (start, end) on the wall clock, and the optimizer state's size at the first checkpoint"
+        def __init__(self): self.t, self.spans, self.opt_bytes = None, [], None
+        def on_train_begin(self, s): self.t = time.time()
         def on_epoch_end(self, s):
-            self.epochs.append(time.perf_counter() - self.t); self.spans.append((self.t0, time.time()))
+            self.spans.append((self.t, time.time()))
             if turn is not None:   # the next run's turn; this one waits for its own
                 go, queue, i = turn; queue.put((i, None)); go.wait(); go.clear()
-            self.t, self.t0 = time.perf_counter(), time.time()
+            self.t = time.time()
         def on_checkpoint(self, s, path):
             if self.opt_bytes is None: self.opt_bytes = (Path(path)/'optimizer.pt').stat().st_size
     m = Meter()
@@ -67,7 +67,7 @@ def measure_run(job:dict, turn=None)->dict:
                 baseline_accuracy=r.baseline['accuracy'], baseline_macro_f1=r.baseline['macro_f1'],
                 val_macro_f1=r.state.metrics.get('macro_f1'), val_accuracy=r.state.metrics.get('accuracy'),
                 trainable=p['trainable'], total=p['total'], trainable_pct=100 * p['trainable'] / p['total'],
-                sec_per_epoch=statistics.median(m.epochs), epoch_seconds=m.epochs, epoch_spans=m.spans,
+                sec_per_epoch=statistics.median(e := [b - a for a, b in m.spans]), epoch_seconds=e, epoch_spans=m.spans,
                 peak_memory_bytes=peak, peak_memory_kind='cuda_max_allocated' if cuda else 'rss',
                 optimizer_state_bytes=m.opt_bytes, weights_bytes=weights, folder_bytes=folder)
 
@@ -97,11 +97,6 @@ def overlapping(rows:list[dict])->list[tuple]:
     "Pairs of epochs (method, seed, epoch) of different runs of one seed whose wall-clock spans overlap: none when they took turns"
     spans = sorted((a, b, (r['method'], r['seed'], e + 1)) for r in rows for e, (a, b) in enumerate(r['epoch_spans']))
     return [(x[2], y[2]) for x, y in zip(spans, spans[1:]) if y[0] < x[1] and x[2][1] == y[2][1] and x[2][0] != y[2][0]]
-
-def cpu_name()->str:
-    "The CPU's model name (Linux), else what `platform` says"
-    try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except (OSError, StopIteration): return platform.processor() or platform.machine()
 
 def _summary(rows:list[dict], methods)->dict:
     "Mean and sd over seeds of each method's measures"
@@ -135,6 +130,7 @@ def main(argv=None):
     p.add_argument('--fresh', nargs='+', default=[], metavar='METHOD', help='methods whose runs are never reused (e.g. timed on a loaded machine)')
     p.add_argument('--out', default=None, help='results file (default bench/peft_results.json, or _lr_sweep; --quick: a temporary file)')
     a = p.parse_args(argv)
+    workers = 1 if a.interleave else a.workers   # runs computing at once
     from specft.pipeline import RunConfig, resolved
     base = dict(model='tiny', epochs=2 if a.interleave else 1, max_train_rows=48, max_len=64) if a.quick else {}
     jobs = []
@@ -144,7 +140,7 @@ def main(argv=None):
                 cfg = dict(base, method=meth, seed=s)
                 r = resolved(RunConfig(**cfg))   # the method's defaults, written into the job so that --reuse compares them
                 cfg.update(lr=lr if lr is not None else r.lr, epochs=r.epochs, **({'lora_dropout': r.lora_dropout} if meth in LORA_FAMILY else {}))
-                jobs.append(dict(config=cfg, threads=max(1, (os.cpu_count() or 1) // (1 if a.interleave else a.workers))))
+                jobs.append(dict(config=cfg, threads=max(1, (os.cpu_count() or 1) // workers)))
     default = (Path(tempfile.mkdtemp(prefix='peft-quick-'))/'peft_results_quick.json' if a.quick   # never over committed results
                else Path(__file__).parent/f"peft_results{'_lr_sweep' if a.lr_sweep else ''}.json")
     out = Path(a.out) if a.out else default
@@ -164,7 +160,7 @@ def main(argv=None):
             return
         with mp.get_context('spawn').Pool(max(1, min(a.workers, len(jobs))), maxtasksperchild=1) as pool: yield from pool.imap(measure_run, jobs)
     for r in results():
-        r['workers'] = 1 if a.interleave else a.workers
+        r['workers'] = workers
         rows.append(r)
         print(f"{r['method']:8s} lr {r['lr']:.0e} seed {r['seed']}: test macro-F1 {r['test_macro_f1']:.3f} (baseline "
               f"{r['baseline_macro_f1']:.3f}), val macro-F1 {r['val_macro_f1']:.3f}, {r['trainable_pct']:.2f}% trainable, "
@@ -172,9 +168,9 @@ def main(argv=None):
     if a.interleave and (clash := overlapping([r for r in rows if r.get('interleaved')])):
         raise RuntimeError(f'--interleave: epochs of different runs overlapped in time: {clash[:3]}')
     import torch, transformers
+    from specft.core import device_name
     res = dict(command='python bench/peft_methods.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
-               device=torch.cuda.get_device_name() if torch.cuda.is_available() else f'cpu ({os.cpu_count()} cores, {cpu_name()})',
-               torch=torch.__version__, transformers=transformers.__version__, workers=1 if a.interleave else a.workers, interleaved=a.interleave,
+               device=device_name(), torch=torch.__version__, transformers=transformers.__version__, workers=workers, interleaved=a.interleave,
                minutes=round((time.time() - t0) / 60, 1), runs=rows)
     if a.lr_sweep:
         val = {}

@@ -13,10 +13,10 @@ training rows, in the same run). Writes bench/recipe_results.json; `nbs/09_pipel
                                                  # (its results go to a temporary file unless --out is given)
     python bench/recipe.py --only defaults --add # run one candidate again, keeping the others' results
 """
-import argparse, dataclasses, json, platform, statistics, sys, tempfile, time
+import argparse, dataclasses, json, statistics, sys, tempfile, time
 from pathlib import Path
 import torch
-from specft.core import choose_precision
+from specft.core import choose_precision, device_name
 from specft.pipeline import RunConfig, run
 
 # Each candidate changes a few settings of RunConfig; everything else stays at the default, except that every
@@ -72,7 +72,7 @@ def main(argv=None):
     cands = QUICK if a.quick else PRECISION if a.precisions else {**CANDIDATES, **(MORE if a.more else {})}
     if a.only: cands = {k: v for k, v in cands.items() if any(o in k for o in a.only)}
     res = {'command': 'python bench/recipe.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
-           'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
+           'device': device_name(),
            'torch': torch.__version__, 'precision': choose_precision(a.precision, 'auto'), 'defaults': dataclasses.asdict(RunConfig()), 'candidates': {}}
     if a.add and Path(a.out).is_file():
         old = json.loads(Path(a.out).read_text())

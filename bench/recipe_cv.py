@@ -38,9 +38,10 @@ split side by side (seconds per epoch too, for issue 12's speed bar) -> bench/re
     python bench/recipe_cv.py --family lora --reuse   # take the CV of every recipe whose settings and folds are unchanged
                                                       # from the results file already there; cross-validate the rest
 """
-import argparse, dataclasses, json, multiprocessing as mp, os, platform, statistics, sys, tempfile, time
+import argparse, dataclasses, json, multiprocessing as mp, os, statistics, sys, tempfile, time
 from pathlib import Path
 import torch
+from specft.core import device_name
 from recipe import CANDIDATES as RECIPE_CANDIDATES, summarise
 
 DEFAULTS = 'defaults: logit-adjusted tau 0.5, last epoch'
@@ -171,7 +172,7 @@ def main(argv=None):
             r = [b['sec_per_epoch'] / c['sec_per_epoch'] for c, b in pairs]
             test['speedup_vs_full'] = {'per_seed': r, 'mean': statistics.fmean(r)}
     res = {'command': 'python bench/recipe_cv.py ' + ' '.join(argv if argv is not None else sys.argv[1:]), 'family': a.family,
-           'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
+           'device': device_name(),
            'torch': torch.__version__, 'folds': folds, 'workers': a.workers, 'threads_per_run': threads,
            'cv': cvs, 'choice': pick, 'shortened_cv': shortened, 'cheaper_cv': cheaper, 'chosen_settings': chosen,
            'chosen_is_defaults': chosen == cands[defaults], 'test': test, 'minutes': round((time.time() - t0) / 60, 1)}

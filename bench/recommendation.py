@@ -15,9 +15,10 @@ Flags after these are RecommendConfig's fields (as in `specft recommend`), e.g. 
 Data: MovieLens 100K (F. Maxwell Harper and Joseph A. Konstan. 2015. The MovieLens Datasets: History and Context.
 ACM TiiS 5(4): 19), read from the files recbole==1.2.1 ships; never copied into this repository.
 """
-import argparse, dataclasses, json, platform, sys, tempfile
+import argparse, dataclasses, json, sys, tempfile
 from pathlib import Path
 import torch
+from specft.core import device_name
 from specft.cli import add_config_flags, config_from_args
 from specft.recommend import RecommendConfig, run_recommend
 
@@ -36,7 +37,7 @@ def main(argv=None):
     res = run_recommend(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
     keep = {k: v for k, v in res.items() if k not in ('ranks', 'model', 'out')}
     keep |= {'command': 'python bench/recommendation.py ' + ' '.join(argv),
-             'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
+             'device': device_name(),
              'torch': torch.__version__, 'threads': torch.get_num_threads(),
              'test_ranks': res['ranks'].drop(columns=['rating', 'timestamp']).to_dict('list')}
     Path(results).write_text(json.dumps(keep, indent=1, default=int))

@@ -19,11 +19,11 @@ recipe and rule it finds best.
     python bench/selection.py --only 'tau 0.5' 'no class weights' --seeds 3 4 --out bench/selection_more_seeds.json
                                               # two recipes, two more seeds (lesson 09 reads it too)
 """
-import argparse, dataclasses, json, platform, statistics, sys, tempfile, time
+import argparse, dataclasses, json, statistics, sys, tempfile, time
 from pathlib import Path
 import torch
 import specft.pipeline as pipeline
-from specft.core import choose_precision
+from specft.core import choose_precision, device_name
 from specft.evaluate import compute_metrics
 from specft.pipeline import RunConfig, check_config, prepare_data, run
 from specft.train import Callback, predict_logits
@@ -83,7 +83,7 @@ def main(argv=None):
     if a.only: recipes = {k: v for k, v in recipes.items() if any(o in k for o in a.only)}
     precision = choose_precision(a.precision, 'auto')
     res = {'command': 'python bench/selection.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
-           'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
+           'device': device_name(),
            'torch': torch.__version__, 'precision': precision, 'defaults': dataclasses.asdict(RunConfig()), 'recipes': {}}
     held, build = {}, pipeline.build_classifier
     def capture(*args, **kw):                     # keep a handle on the model `run` builds

@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #b0046b0f
 from __future__ import annotations
-import random
+import os, platform, random
 from pathlib import Path
 import numpy as np
 import torch
 from .errors import SpecftError, SpecftDataError, SpecftConfigError, SpecftModelError, SpecftTrainingError
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'get_device', 'repo_root', 'cpu_has_bf16', 'choose_precision', 'autocast_dtype', 'set_seed', 'md_table']
+__all__ = ['PRECISIONS', 'get_device', 'repo_root', 'cpu_has_bf16', 'device_name', 'choose_precision', 'autocast_dtype',
+           'set_seed', 'md_table']
 
 # %% ../nbs/00_core.ipynb #23265b62
 def get_device(
@@ -40,6 +41,13 @@ def cpu_has_bf16()->bool:
     "Whether this CPU has bf16 matrix instructions (x86 AVX512-BF16 or AMX)"
     probes = [getattr(torch.cpu, f, None) for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported')]
     return any(f is not None and f() for f in probes)
+
+def device_name()->str:
+    "What this process computes on, as benchmark results record it: the CUDA GPU's name, else 'cpu (N cores, model name)'"
+    if torch.cuda.is_available(): return torch.cuda.get_device_name()
+    try: model = next(l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name'))   # Linux
+    except (OSError, StopIteration): model = platform.processor() or platform.machine()
+    return f'cpu ({os.cpu_count()} cores, {model})'
 
 def choose_precision(
     precision:str='auto',  # one of `PRECISIONS`
