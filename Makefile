@@ -19,6 +19,8 @@ OFFLINE := HF_HUB_OFFLINE=1 MPLBACKEND=Agg
 CHECKED := $(shell grep -l NBVAL_CHECK_OUTPUT nbs/*.ipynb)
 empty :=
 CHECKED_RE := ^($(subst $(empty) $(empty),|,$(notdir $(CHECKED))))$$
+# The benchmarks' --quick runs (tools/bench_quick.py): mostly imports and data preparation on one core, so two at a time.
+BENCH_JOBS ?= 2
 # test-slow runs only the notebooks that have `slow` cells: `make test` has already run every other one in full
 # (`=`: listed only when test-slow runs, not on every make).
 SLOW = $(shell $(PYTHON) tools/nbflags.py slow)
@@ -47,13 +49,12 @@ test: venv
 	$(OFFLINE) OMP_NUM_THREADS=1 $(BIN)/pytest -q -n $(PYTEST_WORKERS) tests
 
 # The notebooks with `slow` cells, those cells included (the real-MiniLM runs each lesson shows), and every benchmark
-# in bench/ in its --quick mode (seconds each; results go to temporary files), so that a missing dependency or an API
-# drift fails here.
+# in bench/ in its --quick mode (seconds each, BENCH_JOBS at a time; results go to temporary files), so that a missing
+# dependency or an API drift fails here.
 test-slow: venv
 	$(OFFLINE) $(BIN)/nbdev_test --n_workers $(NB_WORKERS) --flags slow --timing --file_re '$(SLOW_RE)'
-	for f in bench/*.py; do echo "$$f --quick"; $(OFFLINE) $(BIN)/python $$f --quick || exit 1; done
-	$(OFFLINE) $(BIN)/python bench/recipe_cv.py --quick --family lora
-	$(OFFLINE) $(BIN)/python bench/peft_methods.py --quick --interleave --methods full lora --seeds 0
+	$(OFFLINE) $(BIN)/python tools/bench_quick.py --jobs $(BENCH_JOBS) --also "bench/recipe_cv.py --quick --family lora" \
+		--also "bench/peft_methods.py --quick --interleave --methods full lora"
 	$(OFFLINE) SPECFT_SLOW=1 $(BIN)/pytest -q tests/test_browser.py
 
 lab: venv

@@ -213,7 +213,8 @@ def main():
     ok_val = [r for r in rows if r['variant'] != 'hf_pipeline' and r['val_macro_f1'] >= base['val_macro_f1'] - 0.01]
     best_val = max(ok_val, key=lambda r: r['texts_per_s_b32'])
     ratio_val = best_val['texts_per_s_b32'] / rows[0]['texts_per_s_b32']
-    result = {'command': ' '.join(['python bench/infer_latency.py', *sys.argv[1:]]), 'threads': a.threads,
+    from specft.core import device_name
+    result = {'command': ' '.join(['python bench/infer_latency.py', *sys.argv[1:]]), 'device': device_name(), 'threads': a.threads,
               'run_config': run_config, 'model': run_config['model'], 'n_test': len(texts),
               'rows': rows, 'rounds': a.rounds, 'seconds_per_round': {n: [round(x, 3) for x in v] for n, v in secs.items()}, 'block_size_choice': blocks,
               'block_size_kept': min(blocks, key=lambda r: r['kl_vs_fp32'])['block_size'], 'int8_error_sources': sources, 'fastest_within_0.01_f1': best['variant'], 'ratio_vs_hf_pipeline': round(ratio, 2),

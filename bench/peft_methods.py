@@ -121,8 +121,8 @@ SWEEP = {'lora': (3e-4, 1e-3, 3e-3), 'adalora': (3e-4, 1e-3, 3e-3), 'adapter': (
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--methods', nargs='+', default=['full', 'head', 'lora', 'adalora', 'adapter', 'prefix'])
-    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    p.add_argument('--quick', action='store_true', help="the tiny model, 1 epoch (2 with --interleave), 48 training rows: checks the script")
+    p.add_argument('--seeds', nargs='+', type=int, default=None, help='default 0 1 2 (0 with --quick)')
+    p.add_argument('--quick', action='store_true', help="the tiny model, 1 epoch (2 with --interleave), 48 training rows, seed 0: checks the script")
     p.add_argument('--lr-sweep', action='store_true', help='pick each PEFT method\'s lr on the validation split')
     p.add_argument('--workers', type=int, default=1, help='runs at a time (each its own process); timing is clean at 1')
     p.add_argument('--interleave', action='store_true', help="each seed's runs at once, taking turns epoch by epoch: epochs timed side by side")
@@ -134,7 +134,7 @@ def main(argv=None):
     from specft.pipeline import RunConfig, resolved
     base = dict(model='tiny', epochs=2 if a.interleave else 1, max_train_rows=48, max_len=64) if a.quick else {}
     jobs = []
-    for s in a.seeds:   # seed by seed, every method in turn: a slow spell of the machine hits them all alike
+    for s in a.seeds or ([0] if a.quick else [0, 1, 2]):   # seed by seed, every method in turn: a slow spell of the machine hits them all alike
         for meth in a.methods:
             for lr in (SWEEP.get(meth, ()) if a.lr_sweep else (None,)):
                 cfg = dict(base, method=meth, seed=s)

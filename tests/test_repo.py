@@ -1,5 +1,5 @@
 "The repository's own consistency: generated files agree with their sources."
-import json, re, shutil, subprocess, sys
+import json, os, re, shutil, subprocess, sys
 from pathlib import Path
 import nbformat, pytest
 
@@ -97,3 +97,22 @@ def test_make_test_slow_runs_every_notebook_with_slow_cells():
                                                for c in json.loads(p.read_text())['cells'] if c['cell_type'] == 'code')}
     assert {'09_pipeline.ipynb', 'index.ipynb', 'medical_coding.ipynb'} <= has_slow
     assert {p.name for p in notebooks if only.search(p.name)} == has_slow
+
+def test_bench_quick_runs_every_benchmark_and_reports_failures(tmp_path, capsys):
+    "tools/bench_quick.py: every bench/*.py gets --quick; a failing command's whole log is printed and the status is 1"
+    import bench_quick
+    scripts = {p.relative_to(ROOT).as_posix() for p in (ROOT/'bench').glob('*.py')}
+    cmds = bench_quick.commands(['bench/recipe_cv.py --quick --family lora'])
+    assert {c[0] for c in cmds if c[1:] == ['--quick']} == scripts and ['bench/recipe_cv.py', '--quick', '--family', 'lora'] in cmds
+    (tmp_path/'bench').mkdir()
+    (tmp_path/'bench/good.py').write_text("import os, sys; print('threads', os.environ['OMP_NUM_THREADS'], sys.argv[1:])")
+    (tmp_path/'bench/bad.py').write_text("print('half done'); raise SystemExit(3)")
+    assert bench_quick.run_all(bench_quick.commands([], tmp_path), jobs=2, root=tmp_path) == 1
+    out = capsys.readouterr().out
+    assert 'FAILED' in out and 'bench/bad.py --quick: exit status 3' in out and 'half done' in out
+    assert 'ok ' in out and '1 of 2 failed' in out
+    assert bench_quick.run_all([['bench/good.py', '--quick']], jobs=1, root=tmp_path) == 0
+    out = capsys.readouterr().out
+    assert 'threads' not in out and '0 of 1 failed' in out   # a command's output goes to its log, not to ours
+    logs = Path(out.split('logs in ')[-1].strip())
+    assert (logs/'00-good.log').read_text() == f"threads {os.cpu_count()} ['--quick']\n"   # one at a time: every core
