@@ -185,7 +185,7 @@ def faulty(where, *args, **env):
     return subprocess.run([sys.executable, '-c', FAULT, where, *args], capture_output=True, text=True,
                           env={**os.environ, 'HF_HUB_OFFLINE': '1', **env})
 
-def test_internal_error_one_line_exit_1_and_error_log_in_the_run_folder(tmp_path):
+def test_internal_error_one_line_exit_1_and_error_log_in_the_run_folder(tmp_path, capsys):
     out = tmp_path/'run'
     r = faulty('fit', 'train', *TINY, '--max-train-rows', '30', '--out', str(out))   # fails after run.json is written
     assert r.returncode == 1 and r.stdout == '', r.stderr
@@ -193,11 +193,11 @@ def test_internal_error_one_line_exit_1_and_error_log_in_the_run_folder(tmp_path
                         "please report it\n")
     log = (out/'error.log').read_text()
     assert 'Traceback' in log and 'RuntimeError: simulated bug' in log
-    r = sh('train', '--resume', '--out', str(out))    # the folder is left for --resume (or --overwrite)
-    assert r.returncode == 0, r.stderr
+    code, _, err = call(capsys, 'train', '--resume', '--out', str(out))   # the folder is left for --resume (or --overwrite)
+    assert code == 0, err
     assert (out/'metrics.json').exists() and not (out/'checkpoints').exists()
 
-def test_internal_error_before_the_run_folder_goes_to_a_temp_file_and_overwrite_handles_the_folder(tmp_path):
+def test_internal_error_before_the_run_folder_goes_to_a_temp_file_and_overwrite_handles_the_folder(tmp_path, capsys):
     tmpdir = tmp_path/'tmp'; tmpdir.mkdir()
     r = faulty('check_config', 'train', *TINY, '--out', str(tmp_path/'a'), TMPDIR=str(tmpdir))   # no run folder yet
     logs = list(tmpdir.glob('specft-error-*.log'))
@@ -206,10 +206,10 @@ def test_internal_error_before_the_run_folder_goes_to_a_temp_file_and_overwrite_
     out = tmp_path/'b'
     r = faulty('prepare_data', 'train', *TINY, '--out', str(out))   # the folder exists, empty: error.log goes there
     assert r.returncode == 1 and {p.name for p in out.iterdir()} == {'error.log'}
-    r = sh('train', *TINY, '--max-train-rows', '30', '--out', str(out))
-    assert r.returncode == 2 and '--overwrite' in r.stderr
-    r = sh('train', *TINY, '--max-train-rows', '30', '--out', str(out), '--overwrite')
-    assert r.returncode == 0, r.stderr
+    code, _, err = call(capsys, 'train', *TINY, '--max-train-rows', '30', '--out', str(out))
+    assert code == 2 and '--overwrite' in err
+    code, _, err = call(capsys, 'train', *TINY, '--max-train-rows', '30', '--out', str(out), '--overwrite')
+    assert code == 0, err
 
 def test_specft_debug_shows_the_traceback(tmp_path):
     r = faulty('prepare_data', 'train', *TINY, '--out', str(tmp_path/'r'), SPECFT_DEBUG='1')

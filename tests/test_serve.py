@@ -126,7 +126,10 @@ def sh(*args, env=None):
     return subprocess.run([SPECFT, *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, 'HF_HUB_OFFLINE': '1', **(env or {})})
 
-def test_cli_serve_errors_are_one_line_exit_2(tiny, tmp_path):
+def test_cli_serve_errors_are_one_line_exit_2(tiny, tmp_path, capsys, monkeypatch):
+    "Each error a user can cause: one line, exit 2; the command itself for the first, `specft.cli.main` in this process for the rest"
+    from specft.cli import main
+    monkeypatch.setenv('SPECFT_TOKEN', '')
     run_dir = str(tiny[0])
     (tmp_path/'unreadable').mkdir()
     (tmp_path/'plain').mkdir()
@@ -138,9 +141,11 @@ def test_cli_serve_errors_are_one_line_exit_2(tiny, tmp_path):
                  ((run_dir, '--token-file', str(tmp_path/'nope.txt')), 'cannot read it'),
                  ((run_dir, '--token-file', str(tmp_path/'unreadable')), 'cannot read it'),
                  ((run_dir, '--host', '0.0.0.0'), '--token-file')]
-        for args, msg in cases:
-            r = sh('serve', *args, env={'SPECFT_TOKEN': ''})
-            assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+        r = sh('serve', *cases[0][0], env={'SPECFT_TOKEN': ''})
+        assert r.returncode == 2 and cases[0][1] in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        for args, msg in cases[1:]:
+            code, err = main(['serve', *args]), capsys.readouterr().err
+            assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, (args, err)
 
 def worker_pids(pid:int)->list[int]:
     "The uvicorn worker processes `pid` started (Linux: read from /proc): children running multiprocessing's spawn"
