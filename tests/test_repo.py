@@ -83,14 +83,15 @@ def test_make_test_runs_each_notebook_once():
     by_nbdev = {f for f in notebooks if not skip.search(Path(f).name)}
     assert by_nbval == {f for f in notebooks if 'NBVAL_CHECK_OUTPUT' in (ROOT/f).read_text()}
     assert not by_nbval & by_nbdev and by_nbval | by_nbdev == set(notebooks)
-    assert 'OMP_NUM_THREADS' not in nbdev_line + nbval_line       # the notebooks run at the default thread count
+    assert 'OMP_NUM_THREADS' not in nbval_line                     # checked numbers: at the default thread count
+    assert re.search(r'OMP_NUM_THREADS=1 \S*nbdev_test --n_workers 2 ', nbdev_line)   # the rest: 2 at a time, 1 thread each
 
 def test_make_test_slow_runs_every_notebook_with_slow_cells():
     "test-slow runs the notebooks that have `slow` cells (with them) and skips the rest, which `make test` ran in full"
     from nbflags import cell_flags
     out = subprocess.run(['make', '-n', '-W', 'settings.ini', 'test-slow'], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     line = next(l for l in out.splitlines() if 'nbdev_test' in l)
-    assert '--flags slow' in line
+    assert '--flags slow' in line and '--n_workers 1 ' in line and 'OMP_NUM_THREADS' not in line   # as a student runs them
     only = re.compile(re.search(r"--file_re '([^']*)'", line)[1])
     notebooks = [p for p in (ROOT/'nbs').rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts]
     has_slow = {p.name for p in notebooks if any('slow' in cell_flags(''.join(c['source']))
