@@ -151,7 +151,7 @@ def main():
     torch.set_num_threads(a.threads)
     from specft.pipeline import Predictor, prepare_data, saved_config, run, RunConfig
     from specft.clean import preprocess_texts
-    from specft.core import cpu_has_bf16
+    from specft.core import cpu_has_bf16, device_name
     from specft.deploy import export_run, load_deployed, size_on_disk, state_bytes, quantize_onnx, encoder_layers
     tmp = Path(tempfile.mkdtemp(prefix='infer-latency-'))
     run_dir = Path(a.run_dir) if a.run_dir else None
@@ -213,7 +213,6 @@ def main():
     ok_val = [r for r in rows if r['variant'] != 'hf_pipeline' and r['val_macro_f1'] >= base['val_macro_f1'] - 0.01]
     best_val = max(ok_val, key=lambda r: r['texts_per_s_b32'])
     ratio_val = best_val['texts_per_s_b32'] / rows[0]['texts_per_s_b32']
-    from specft.core import device_name
     result = {'command': ' '.join(['python bench/infer_latency.py', *sys.argv[1:]]), 'device': device_name(), 'threads': a.threads,
               'run_config': run_config, 'model': run_config['model'], 'n_test': len(texts),
               'rows': rows, 'rounds': a.rounds, 'seconds_per_round': {n: [round(x, 3) for x in v] for n, v in secs.items()}, 'block_size_choice': blocks,

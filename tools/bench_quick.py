@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 def commands(also:list[str], root:Path=ROOT)->list[list[str]]:
-    "Each bench/*.py under `root` with --quick, then the `also` commands (a script path and its arguments), longest-known first"
+    "Each bench/*.py under `root` with --quick and the `also` commands (a script path and its arguments), the longest-known first"
     cmds = [[str(p.relative_to(root)), '--quick'] for p in sorted((root/'bench').glob('*.py'))] + [shlex.split(c) for c in also]
     first = ('bench/peft_methods.py', 'bench/infer_latency.py')   # the longest quick runs start first: less idle time at the end
     return sorted(cmds, key=lambda c: c[0] not in first)
