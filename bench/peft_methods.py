@@ -15,7 +15,8 @@ split (macro-F1 of the kept epoch, mean over the seeds given), never on the test
 
 Runs go seed by seed, every method in turn, so that a slow spell of this shared machine hits all methods alike.
 
-`--reuse FILE` takes each run of FILE whose settings (method, seed, lr, epochs, LoRA's dropout, and the --quick settings) equal a job's
+`--reuse FILE` takes each run of FILE whose settings (method, seed, lr, epochs, LoRA's dropout, the backbone's dropout where the
+method's default sets one, and the --quick settings) equal a job's
 instead of training it again: the sweep's runs at the chosen learning rates are the benchmark's runs for those seeds.
 `--fresh METHOD ...` reruns those methods' runs anyway (their timing in FILE was taken on a loaded machine).
 Reused rows keep the timing conditions they were measured under (`workers` in each row); compare seconds per epoch
@@ -139,7 +140,8 @@ def main(argv=None):
             for lr in (SWEEP.get(meth, ()) if a.lr_sweep else (None,)):
                 cfg = dict(base, method=meth, seed=s)
                 r = resolved(RunConfig(**cfg))   # the method's defaults, written into the job so that --reuse compares them
-                cfg.update(lr=lr if lr is not None else r.lr, epochs=r.epochs, **({'lora_dropout': r.lora_dropout} if meth in LORA_FAMILY else {}))
+                cfg.update(lr=lr if lr is not None else r.lr, epochs=r.epochs, **({'lora_dropout': r.lora_dropout} if meth in LORA_FAMILY else {}),
+                           **({'model_dropout': r.model_dropout} if r.model_dropout is not None else {}))   # None: the backbone's own
                 jobs.append(dict(config=cfg, threads=max(1, (os.cpu_count() or 1) // workers)))
     default = (Path(tempfile.mkdtemp(prefix='peft-quick-'))/'peft_results_quick.json' if a.quick   # never over committed results
                else Path(__file__).parent/f"peft_results{'_lr_sweep' if a.lr_sweep else ''}.json")

@@ -14,9 +14,11 @@ comparison, so the test score it reports for them is optimistic. This script mak
    paired TF-IDF baseline's; a candidate's chosen epoch count becomes its `epochs` (a shorter schedule: the epoch
    is part of the recipe a user can type). If that epoch count is not the candidate's own, the shortened recipe is
    cross-validated too, and kept only if its OOF macro-F1 holds up (at most 0.01 below the chosen epoch's);
-   likewise, a cheaper variant of the chosen recipe (`CHEAPER`: for LoRA, the same recipe without its branch
-   dropout, which draws a mask over every adapted layer's input) is cross-validated and kept if its OOF macro-F1 is
-   at most 0.01 below the chosen recipe's;
+   likewise, cheaper variants of the chosen recipe (`CHEAPER`, one step after another, each on top of the steps
+   kept before it: for LoRA, the same recipe without its branch dropout, which draws a mask over every adapted
+   layer's input, then without the frozen backbone's own dropout, which keeps attention on the fused kernel) are
+   cross-validated, and each is kept if its OOF macro-F1 is at most 0.01 below the choice's own (all the steps
+   together cannot cost more);
 3. the chosen recipe and today's defaults are trained on the whole training split with seeds 0 1 2 (each paired
    with the same split's baseline) and scored on the test split, once, side by side.
 
@@ -24,7 +26,8 @@ Writes bench/recipe_cv_results.json; `nbs/09_pipeline.ipynb` reads it.
 
 `--family lora` makes the same choice among LoRA recipes (every one with at most 1 % of the weights trainable: the
 query/value targets of the earlier LoRA default, or every dense layer of the encoder at rank 4; the learning rate; 5 or
-10 epochs; then, as a cheaper variant of the choice, no dropout on the LoRA branch), then trains the chosen recipe, the
+10 epochs; then, as cheaper variants of the choice, no dropout on the LoRA branch, then none in the backbone either), then
+trains the chosen recipe, the
 earlier LoRA default (5 epochs, branch dropout 0.1) and today's full fine-tuning defaults on the test
 split side by side (seconds per epoch too, for issue 12's speed bar) -> bench/recipe_cv_lora_results.json, which
 `nbs/07_peft.ipynb` reads.
@@ -37,6 +40,9 @@ split side by side (seconds per epoch too, for issue 12's speed bar) -> bench/re
     python bench/recipe_cv.py --family lora --quick
     python bench/recipe_cv.py --family lora --reuse   # take the CV of every recipe whose settings and folds are unchanged
                                                       # from the results file already there; cross-validate the rest
+    python bench/recipe_cv.py --family lora --reuse bench/recipe_cv_lora_results.json --cv-only \
+        --out bench/recipe_cv_lora_cheaper_results.json   # the choice alone (no test runs), with every CV of that file
+                                                          # reused: how the second cheaper step was added (lesson 07)
 """
 import argparse, dataclasses, json, multiprocessing as mp, os, statistics, sys, tempfile, time
 from pathlib import Path
@@ -65,7 +71,9 @@ LORA_QUICK = {name: dict(s, method='lora', lora_dropout=0.1) for name, s in QUIC
 # Cheaper variants of the chosen recipe, tried after the choice (step 2): a name and the settings it changes.
 # LoRA's branch dropout draws a mask over the whole input of every adapted layer (lesson 07 times a step with and
 # without it); peft's LoraConfig leaves it at 0 by default.
-CHEAPER = {'lora': ('without LoRA dropout', dict(lora_dropout=0.0))}
+# Without the backbone's dropout, the attention weights need no mask, so attention runs on the fused kernel (specft_attention
+# hands it to sdpa), and the sublayer outputs need none either: a LoRA step gets cheaper, full fine-tuning's does not change.
+CHEAPER = {'lora': [('without LoRA dropout', dict(lora_dropout=0.0)), ("without the backbone's dropout", dict(model_dropout=0.0))]}
 MARGIN = 0.01   # how far below the chosen OOF macro-F1 a shorter schedule or a cheaper variant may score and still be kept
 
 def cv_job(job):
@@ -118,7 +126,9 @@ def main(argv=None):
     ap.add_argument('--workers', type=int, default=None, help='runs at a time, each its own process with cores/workers threads (default 2; 1 with --quick)')
     ap.add_argument('--out', default=None, help='default: bench/recipe_cv_results.json (--family lora: recipe_cv_lora_results.json); with --quick a temporary file')
     ap.add_argument('--family', choices=('recipe', 'lora'), default='recipe', help='full fine-tuning recipes (default) or LoRA recipes')
-    ap.add_argument('--reuse', action='store_true', help="take the cross-validation of a recipe whose settings and folds are unchanged from --out's file")
+    ap.add_argument('--reuse', nargs='?', const=True, default=None, metavar='FILE',
+                    help="take the cross-validation of a recipe whose settings and folds are unchanged from FILE (default: --out's file)")
+    ap.add_argument('--cv-only', action='store_true', help='stop after the choice: no test runs (the results file has test: null)')
     a = ap.parse_args(argv)
     lora = a.family == 'lora'
     folds, seeds = a.folds or (2 if a.quick else 3), a.seeds or ([0] if a.quick else [0, 1, 2])
@@ -130,8 +140,11 @@ def main(argv=None):
     cands = {n: {**s, 'select_metric': 'last'} for n, s in family.items()}
     defaults = 'tiny A' if a.quick else LORA_DEFAULTS if lora else DEFAULTS
     threads = max(1, (os.cpu_count() or 1) // a.workers)
-    old = json.loads(Path(a.out).read_text()) if a.reuse and Path(a.out).is_file() else {}
-    done = [{'folds': old['folds'], **c} for c in [*old.get('cv', []), old.get('shortened_cv'), old.get('cheaper_cv')] if c]
+    reuse = Path(a.out if a.reuse is True else a.reuse or a.out)
+    old = json.loads(reuse.read_text()) if a.reuse and reuse.is_file() else {}
+    earlier = old.get('cheaper_cv') or []   # a list of steps; one step (a dict) in files written before the second step
+    done = [{'folds': old['folds'], **c} for c in [*old.get('cv', []), old.get('shortened_cv'),
+                                                   *(earlier if isinstance(earlier, list) else [earlier])] if c]
     for c in done:   # LoRA settings recorded before they named the branch dropout ran with its default of then, 0.1
         if c['settings'].get('method') == 'lora': c['settings'] = {'lora_dropout': 0.1, **c['settings']}
     t0 = time.time()
@@ -141,20 +154,27 @@ def main(argv=None):
     pick = choose(cvs)
     chosen, name, score = {**cands[pick['name']], 'epochs': pick['epoch']}, pick['name'], pick['macro_f1']
     alone = max(1, os.cpu_count() or 1)   # a single CV job has the machine to itself
-    shortened = cheaper = None
+    shortened, cheaper = None, []
     if pick['epoch'] != cands[pick['name']].get('epochs'):   # the epoch count is part of the recipe: check the shorter schedule
         shortened = pool_map(cv_job, [dict(name=f"{name}, {pick['epoch']} epochs", settings=chosen, folds=folds, threads=alone)], 1, done)[0]
         if shortened['oof']['macro_f1'] < score - MARGIN:   # a shorter schedule is not the same training: keep the full one
             chosen, score = cands[name], next(c for c in cvs if c['name'] == name)['oof']['macro_f1']
         else: name, score = shortened['name'], shortened['oof']['macro_f1']
-    if a.family in CHEAPER:   # a cheaper variant of the chosen recipe, kept if its OOF macro-F1 holds up
-        what, over = CHEAPER[a.family]
-        cheaper = pool_map(cv_job, [dict(name=f'{name}, {what}', settings={**chosen, **over}, folds=folds, threads=alone)], 1, done)[0]
-        cheaper['kept'] = cheaper['oof']['macro_f1'] >= score - MARGIN
-        cheaper['against'] = score
-        if cheaper['kept']: chosen = {**chosen, **over}
+    for what, over in CHEAPER.get(a.family, []):   # cheaper variants, each kept if its OOF macro-F1 holds up
+        step = pool_map(cv_job, [dict(name=f'{name}, {what}', settings={**chosen, **over}, folds=folds, threads=alone)], 1, done)[0]
+        step['kept'], step['against'] = step['oof']['macro_f1'] >= score - MARGIN, score
+        cheaper.append(step)
+        if step['kept']: chosen, name = {**chosen, **over}, step['name']   # each step answers to the choice's own score
     print(f"chosen by {folds}-fold CV: {pick['name']} with {chosen.get('epochs')} epochs"
-          + (f", {CHEAPER[a.family][0]}" if cheaper and cheaper['kept'] else ''), flush=True)
+          + ''.join(f", {what}" for (what, _), step in zip(CHEAPER.get(a.family, []), cheaper) if step['kept']), flush=True)
+    res = {'command': 'python bench/recipe_cv.py ' + ' '.join(argv if argv is not None else sys.argv[1:]), 'family': a.family,
+           'device': device_name(),
+           'torch': torch.__version__, 'folds': folds, 'workers': a.workers, 'threads_per_run': threads,
+           'cv': cvs, 'choice': pick, 'shortened_cv': shortened, 'cheaper_cv': cheaper, 'chosen_settings': chosen,
+           'chosen_is_defaults': chosen == cands[defaults], 'test': None}
+    if a.cv_only:
+        Path(a.out).write_text(json.dumps({**res, 'minutes': round((time.time() - t0) / 60, 1)}, indent=1))
+        print(f'wrote {a.out} (--cv-only: no test runs)'); return
     # LoRA's reference, full fine-tuning with today's defaults, is second: in the pool it runs beside the chosen recipe
     # of the same seed (every run shares the CPU with one other; only the last job may run alone)
     full = {'full fine-tuning': {**(QUICK['tiny A'] if a.quick else CANDIDATES[DEFAULTS]), 'select_metric': 'last'}} if lora else {}
@@ -171,11 +191,7 @@ def main(argv=None):
         if other == 'full fine-tuning':   # the ratio of seconds per epoch, full over chosen, mean over seeds
             r = [b['sec_per_epoch'] / c['sec_per_epoch'] for c, b in pairs]
             test['speedup_vs_full'] = {'per_seed': r, 'mean': statistics.fmean(r)}
-    res = {'command': 'python bench/recipe_cv.py ' + ' '.join(argv if argv is not None else sys.argv[1:]), 'family': a.family,
-           'device': device_name(),
-           'torch': torch.__version__, 'folds': folds, 'workers': a.workers, 'threads_per_run': threads,
-           'cv': cvs, 'choice': pick, 'shortened_cv': shortened, 'cheaper_cv': cheaper, 'chosen_settings': chosen,
-           'chosen_is_defaults': chosen == cands[defaults], 'test': test, 'minutes': round((time.time() - t0) / 60, 1)}
+    res = {**res, 'test': test, 'minutes': round((time.time() - t0) / 60, 1)}
     Path(a.out).write_text(json.dumps(res, indent=1))
     for c in cvs:
         best = max(c['per_epoch'], key=lambda e: e['macro_f1'])

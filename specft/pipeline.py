@@ -8,6 +8,7 @@ import dataclasses, datetime, hashlib, json, platform, shutil, subprocess
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np, pandas as pd, torch
+from torch import nn
 import transformers
 from sklearn.model_selection import train_test_split
 import specft
@@ -26,11 +27,11 @@ from .knowledge import (check_knowledge, check_against_labels, knowledge_record,
 from .core import md_table
 
 # %% auto #0
-__all__ = ['METHODS', 'DEFAULT_LR', 'DEFAULT_EPOCHS', 'DEFAULT_LORA_DROPOUT', 'BY_METHOD', 'RunConfig', 'method_default',
-           'learning_rate', 'resolved', 'peft_settings', 'check_config', 'default_run_dir', 'saved_config',
-           'resume_settings', 'prepare_run_dir', 'data_sha256', 'versions', 'git_commit', 'preprocessing_of',
-           'PreparedData', 'prepare_data', 'build_model', 'RunResult', 'run', 'kept_by', 'model_card', 'check_run_dir',
-           'Predictor', 'evaluate_run']
+__all__ = ['METHODS', 'DEFAULT_LR', 'DEFAULT_EPOCHS', 'DEFAULT_LORA_DROPOUT', 'DEFAULT_MODEL_DROPOUT', 'BY_METHOD', 'RunConfig',
+           'method_default', 'learning_rate', 'resolved', 'peft_settings', 'check_config', 'default_run_dir',
+           'saved_config', 'resume_settings', 'prepare_run_dir', 'data_sha256', 'versions', 'git_commit',
+           'preprocessing_of', 'PreparedData', 'prepare_data', 'set_model_dropout', 'backbone_dropouts', 'build_model',
+           'RunResult', 'run', 'kept_by', 'model_card', 'check_run_dir', 'Predictor', 'evaluate_run']
 
 # %% ../nbs/09_pipeline.ipynb #0d3f609d
 from .peft import (PEFT_METHODS, PeftSettings, build_peft_classifier, save_peft, load_peft, peft_record,
@@ -70,6 +71,7 @@ class RunConfig:
     max_len:int = 320             # tokens kept per text
     warmup:float = TrainConfig.warmup            # share of steps with linear warmup
     weight_decay:float = TrainConfig.weight_decay     # decoupled weight decay (not on biases and norms)
+    model_dropout:float|None = None  # dropout inside the backbone (embeddings, attention weights, sublayer outputs); None: the method's default (DEFAULT_MODEL_DROPOUT; None there: the backbone's own rates)
     class_weights:str = TrainConfig.class_weights    # 'none', 'sqrt' (square root of inverse frequency) or 'auto' (inverse frequency)
     logit_adjust:float = TrainConfig.logit_adjust      # tau of the logit-adjusted loss: 0 plain cross-entropy, 1 balanced (see 06_train)
     adversarial:str = TrainConfig.adversarial    # adversarial training on the word embeddings: 'none', 'fgm' (one step) or 'pgd' (K steps); see 21_adversarial
@@ -107,10 +109,14 @@ METHODS = (*METHODS, *PEFT_METHODS)   # full, head, and the parameter-efficient 
 # `bench/peft_methods.py --lr-sweep` (bench/peft_results_lr_sweep.json); the 60-row validation split makes this a noisy choice.
 DEFAULT_LR = {'full': TrainConfig.lr, 'head': TrainConfig.lr, 'lora': 3e-3, 'adalora': 3e-4, 'adapter': 1e-3, 'prefix': 3e-2}
 # LoRA: the recipe 3-fold cross-validation on the training split chose (bench/recipe_cv.py --family lora, lesson 07):
-# 10 epochs, and no dropout on the LoRA branch (the cheaper variant: its out-of-fold macro-F1 held up within 0.01)
+# 10 epochs, no dropout on the LoRA branch and none in the frozen backbone (the cheaper variants: their out-of-fold
+# macro-F1 held up within 0.01; without the backbone's dropout attention runs on the fused kernel)
 DEFAULT_EPOCHS = {**{m: TrainConfig.epochs for m in METHODS}, 'lora': 10}
 DEFAULT_LORA_DROPOUT = {**{m: PeftSettings.lora_dropout for m in METHODS}, 'lora': 0.0}
-BY_METHOD = {'lr': DEFAULT_LR, 'epochs': DEFAULT_EPOCHS, 'lora_dropout': DEFAULT_LORA_DROPOUT}   # field -> method -> default
+# None: the backbone's own dropout rates (MiniLM: 0.1), as the checkpoint was pretrained
+DEFAULT_MODEL_DROPOUT = {**{m: None for m in METHODS}, 'lora': 0.0}
+BY_METHOD = {'lr': DEFAULT_LR, 'epochs': DEFAULT_EPOCHS, 'lora_dropout': DEFAULT_LORA_DROPOUT,   # field -> method -> default
+             'model_dropout': DEFAULT_MODEL_DROPOUT}
 
 def method_default(cfg:RunConfig, name:str):
     "`cfg`'s field `name`; for a field of `BY_METHOD` left at None, its method's default"
@@ -144,6 +150,8 @@ def check_config(cfg:RunConfig)->RunConfig:
             raise SpecftConfigError(f"--{name.replace('_','-')} must be in (0, 1), got {getattr(cfg, name)}.")
     data_task(cfg.data, cfg.task)
     if cfg.method in PEFT_METHODS: peft_settings(cfg).check()
+    if cfg.model_dropout is not None and not 0 <= cfg.model_dropout < 1:
+        raise SpecftConfigError(f"--model-dropout must be in [0, 1), got {cfg.model_dropout}.")
     if cfg.max_train_rows is not None and cfg.max_train_rows < 1:
         raise SpecftConfigError(f"--max-train-rows must be at least 1, got {cfg.max_train_rows}.")
     if cfg.resume and cfg.overwrite: raise SpecftConfigError("--resume and --overwrite contradict each other; give one.")
@@ -279,6 +287,19 @@ def prepare_data(cfg:RunConfig)->PreparedData:
     return PreparedData(tr, splits.val, splits.test, labels, corpus.name, corpus.source, corpus.citation, report, sha)
 
 # %% ../nbs/09_pipeline.ipynb #6e76bad6
+def set_model_dropout(
+    clf:nn.Module, # a `Classifier` (plain, or with a PEFT method applied)
+    p:float,       # the probability for every dropout of its backbone
+)->nn.Module:      # the same classifier, changed in place
+    "Set every dropout of `clf.backbone` (embeddings, attention weights, sublayer outputs) to `p`; the head's and LoRA's branch dropout keep theirs"
+    for name, m in clf.named_modules():   # under `backbone` (a rule wrapper holds the classifier one level down)
+        if isinstance(m, nn.Dropout) and 'backbone' in name.split('.') and not name.endswith('lora_dropout'): m.p = p
+    return clf
+
+def backbone_dropouts(clf:nn.Module)->dict[str, float]:
+    "The probability of each dropout under `clf`'s backbone, by module name"
+    return {n: m.p for n, m in clf.named_modules() if isinstance(m, nn.Dropout) and 'backbone' in n.split('.')}
+
 def build_model(
     cfg:RunConfig,   # the run's settings
     num_labels:int,  # classes in the data
@@ -292,12 +313,14 @@ def build_model(
         if model.num_labels != num_labels:
             raise SpecftConfigError(f"the adapter in {cfg.model} has a head for {model.num_labels} classes, but the data has "
                                     f"{num_labels}; use data with the same labels, or an adapter without a head.")
-        return model, tok, rec
-    if cfg.method in PEFT_METHODS:
-        return build_peft_classifier(cfg.model, num_labels, peft_settings(cfg), cfg.pooling, cfg.seed)
-    model, tok = build_classifier(cfg.model, num_labels=num_labels, pooling=cfg.pooling, seed=cfg.seed)
-    model = freeze(model, 'head') if cfg.method == 'head' else model
-    return (with_rule_offsets(model, cfg, labels) if cfg.rules is not None else model), tok, None
+    elif cfg.method in PEFT_METHODS:
+        model, tok, rec = build_peft_classifier(cfg.model, num_labels, peft_settings(cfg), cfg.pooling, cfg.seed)
+    else:
+        model, tok = build_classifier(cfg.model, num_labels=num_labels, pooling=cfg.pooling, seed=cfg.seed)
+        model, rec = freeze(model, 'head') if cfg.method == 'head' else model, None
+        model = with_rule_offsets(model, cfg, labels) if cfg.rules is not None else model
+    p = method_default(cfg, 'model_dropout')   # None: the backbone's own rates
+    return (model if p is None else set_model_dropout(model, p)), tok, rec
 
 # %% ../nbs/09_pipeline.ipynb #566a041c
 @dataclass

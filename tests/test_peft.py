@@ -247,10 +247,14 @@ def test_cli_lora_run_and_bad_values(tmp_path, capsys):
     assert main([*args, '--method', 'lora', '--lora-r', '2', '--lora-targets', 'query,key,value', '--out', str(tmp_path/'r')]) == 0
     rec = json.loads((tmp_path/'r'/'config.json').read_text())['specft']['peft']['settings']
     assert (rec['lora_r'], rec['lora_targets']) == (2, 'query,key,value')
+    assert json.loads((tmp_path/'r'/'run.json').read_text())['config']['model_dropout'] == 0.0   # LoRA's default, resolved
+    assert main([*args, '--method', 'lora', '--model-dropout', '0.1', '--out', str(tmp_path/'r1')]) == 0   # the backbone's own, given
+    assert json.loads((tmp_path/'r1'/'run.json').read_text())['config']['model_dropout'] == 0.1
     for bad, msg in ((['--lora-r', '0'], '--lora-r must be at least 1'), (['--lora-alpha', '-1'], '--lora-alpha must be positive'),
                      (['--method', 'prefix', '--prefix-len', '0'], '--prefix-len must be at least 1'),
                      (['--method', 'adapter', '--adapter-size', '0'], '--adapter-size must be at least 1'),
-                     (['--method', 'adalora', '--adalora-target-r', '20'], '--adalora-target-r 20 is above')):
+                     (['--method', 'adalora', '--adalora-target-r', '20'], '--adalora-target-r 20 is above'),
+                     (['--model-dropout', '1'], '--model-dropout must be in [0, 1)'), (['--model-dropout', '-0.1'], 'got -0.1')):
         capsys.readouterr()
         code = main([*args, '--method', 'lora', *bad, '--out', str(tmp_path/'bad')])
         err = capsys.readouterr().err
