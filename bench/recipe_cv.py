@@ -43,6 +43,8 @@ split side by side (seconds per epoch too, for issue 12's speed bar) -> bench/re
     python bench/recipe_cv.py --family lora --reuse bench/recipe_cv_lora_results.json --cv-only \
         --out bench/recipe_cv_lora_cheaper_results.json   # the choice alone (no test runs), with every CV of that file
                                                           # reused: how the second cheaper step was added (lesson 07)
+    python bench/recipe_cv.py --family lora --recheck 'LoRA q,v r8, lr 3e-3, 10 ep' \
+        --out bench/recipe_cv_lora_recheck_results.json   # the choice cross-validated again (here: in fp32, as that step)
 """
 import argparse, dataclasses, json, multiprocessing as mp, os, statistics, sys, tempfile, time
 from pathlib import Path
@@ -129,6 +131,9 @@ def main(argv=None):
     ap.add_argument('--reuse', nargs='?', const=True, default=None, metavar='FILE',
                     help="take the cross-validation of a recipe whose settings and folds are unchanged from FILE (default: --out's file)")
     ap.add_argument('--cv-only', action='store_true', help='stop after the choice: no test runs (the results file has test: null)')
+    ap.add_argument('--recheck', nargs='+', default=None, metavar='NAME',
+                    help="cross-validate only these recipes of the family again (no reuse, no choice, no test runs), e.g. in "
+                         "this machine's precision, to compare with a step cross-validated here")
     a = ap.parse_args(argv)
     lora = a.family == 'lora'
     folds, seeds = a.folds or (2 if a.quick else 3), a.seeds or ([0] if a.quick else [0, 1, 2])
@@ -148,6 +153,14 @@ def main(argv=None):
     for c in done:   # LoRA settings recorded before they named the branch dropout ran with its default of then, 0.1
         if c['settings'].get('method') == 'lora': c['settings'] = {'lora_dropout': 0.1, **c['settings']}
     t0 = time.time()
+    if a.recheck:   # a fresh CV of the named recipes, nothing else
+        if unknown := [n for n in a.recheck if n not in cands]: sys.exit(f"--recheck: no recipe named {unknown}; the family has: {list(cands)}")
+        cvs = pool_map(cv_job, [dict(name=n, settings=cands[n], folds=folds, threads=max(1, (os.cpu_count() or 1) // min(a.workers, len(a.recheck))))
+                                for n in a.recheck], min(a.workers, len(a.recheck)))
+        Path(a.out).write_text(json.dumps({'command': 'python bench/recipe_cv.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
+            'family': a.family, 'device': device_name(), 'torch': torch.__version__, 'folds': folds, 'cv': cvs,
+            'minutes': round((time.time() - t0) / 60, 1)}, indent=1))
+        print(f'wrote {a.out} (--recheck)'); return
     print(f'cross-validating {len(cands)} recipes, {folds} folds each, on the training split', flush=True)
     cvs = pool_map(cv_job, [dict(name=n, settings=s, folds=folds, threads=threads) for n, s in cands.items()], a.workers, done)
     cvs.sort(key=lambda c: list(cands).index(c['name']))
