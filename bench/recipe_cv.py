@@ -153,13 +153,14 @@ def main(argv=None):
     for c in done:   # LoRA settings recorded before they named the branch dropout ran with its default of then, 0.1
         if c['settings'].get('method') == 'lora': c['settings'] = {'lora_dropout': 0.1, **c['settings']}
     t0 = time.time()
+    res = {'command': 'python bench/recipe_cv.py ' + ' '.join(argv if argv is not None else sys.argv[1:]), 'family': a.family,
+           'device': device_name(), 'torch': torch.__version__, 'folds': folds}
+    def save(res): Path(a.out).write_text(json.dumps({**res, 'minutes': round((time.time() - t0) / 60, 1)}, indent=1))
     if a.recheck:   # a fresh CV of the named recipes, nothing else
         if unknown := [n for n in a.recheck if n not in cands]: sys.exit(f"--recheck: no recipe named {unknown}; the family has: {list(cands)}")
-        cvs = pool_map(cv_job, [dict(name=n, settings=cands[n], folds=folds, threads=max(1, (os.cpu_count() or 1) // min(a.workers, len(a.recheck))))
-                                for n in a.recheck], min(a.workers, len(a.recheck)))
-        Path(a.out).write_text(json.dumps({'command': 'python bench/recipe_cv.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
-            'family': a.family, 'device': device_name(), 'torch': torch.__version__, 'folds': folds, 'cv': cvs,
-            'minutes': round((time.time() - t0) / 60, 1)}, indent=1))
+        n = min(a.workers, len(a.recheck))
+        save({**res, 'cv': pool_map(cv_job, [dict(name=r, settings=cands[r], folds=folds, threads=max(1, (os.cpu_count() or 1) // n))
+                                             for r in a.recheck], n)})
         print(f'wrote {a.out} (--recheck)'); return
     print(f'cross-validating {len(cands)} recipes, {folds} folds each, on the training split', flush=True)
     cvs = pool_map(cv_job, [dict(name=n, settings=s, folds=folds, threads=threads) for n, s in cands.items()], a.workers, done)
@@ -180,14 +181,10 @@ def main(argv=None):
         if step['kept']: chosen, name = {**chosen, **over}, step['name']   # each step answers to the choice's own score
     print(f"chosen by {folds}-fold CV: {pick['name']} with {chosen.get('epochs')} epochs"
           + ''.join(f", {what}" for (what, _), step in zip(CHEAPER.get(a.family, []), cheaper) if step['kept']), flush=True)
-    res = {'command': 'python bench/recipe_cv.py ' + ' '.join(argv if argv is not None else sys.argv[1:]), 'family': a.family,
-           'device': device_name(),
-           'torch': torch.__version__, 'folds': folds, 'workers': a.workers, 'threads_per_run': threads,
-           'cv': cvs, 'choice': pick, 'shortened_cv': shortened, 'cheaper_cv': cheaper, 'chosen_settings': chosen,
+    res = {**res, 'workers': a.workers, 'threads_per_run': threads, 'cv': cvs, 'choice': pick, 'shortened_cv': shortened, 'cheaper_cv': cheaper, 'chosen_settings': chosen,
            'chosen_is_defaults': chosen == cands[defaults], 'test': None}
     if a.cv_only:
-        Path(a.out).write_text(json.dumps({**res, 'minutes': round((time.time() - t0) / 60, 1)}, indent=1))
-        print(f'wrote {a.out} (--cv-only: no test runs)'); return
+        save(res); print(f'wrote {a.out} (--cv-only: no test runs)'); return
     # LoRA's reference, full fine-tuning with today's defaults, is second: in the pool it runs beside the chosen recipe
     # of the same seed (every run shares the CPU with one other; only the last job may run alone)
     full = {'full fine-tuning': {**(QUICK['tiny A'] if a.quick else CANDIDATES[DEFAULTS]), 'select_metric': 'last'}} if lora else {}
@@ -204,8 +201,7 @@ def main(argv=None):
         if other == 'full fine-tuning':   # the ratio of seconds per epoch, full over chosen, mean over seeds
             r = [b['sec_per_epoch'] / c['sec_per_epoch'] for c, b in pairs]
             test['speedup_vs_full'] = {'per_seed': r, 'mean': statistics.fmean(r)}
-    res = {**res, 'test': test, 'minutes': round((time.time() - t0) / 60, 1)}
-    Path(a.out).write_text(json.dumps(res, indent=1))
+    save({**res, 'test': test})
     for c in cvs:
         best = max(c['per_epoch'], key=lambda e: e['macro_f1'])
         print(f"{c['name']:48s} OOF F1 {c['oof']['macro_f1']:.3f} acc {c['oof']['accuracy']:.3f} (best epoch {best['epoch']}: "

@@ -30,7 +30,7 @@ from .core import md_table
 __all__ = ['METHODS', 'DEFAULT_LR', 'DEFAULT_EPOCHS', 'DEFAULT_LORA_DROPOUT', 'DEFAULT_MODEL_DROPOUT', 'BY_METHOD', 'RunConfig',
            'method_default', 'learning_rate', 'resolved', 'peft_settings', 'check_config', 'default_run_dir',
            'saved_config', 'resume_settings', 'prepare_run_dir', 'data_sha256', 'versions', 'git_commit',
-           'preprocessing_of', 'PreparedData', 'prepare_data', 'set_model_dropout', 'backbone_dropouts', 'build_model',
+           'preprocessing_of', 'PreparedData', 'prepare_data', 'backbone_dropouts', 'set_model_dropout', 'build_model',
            'RunResult', 'run', 'kept_by', 'model_card', 'check_run_dir', 'Predictor', 'evaluate_run']
 
 # %% ../nbs/09_pipeline.ipynb #0d3f609d
@@ -287,18 +287,22 @@ def prepare_data(cfg:RunConfig)->PreparedData:
     return PreparedData(tr, splits.val, splits.test, labels, corpus.name, corpus.source, corpus.citation, report, sha)
 
 # %% ../nbs/09_pipeline.ipynb #6e76bad6
+def _backbone_dropout_modules(clf:nn.Module)->dict[str, nn.Dropout]:
+    "Each dropout under `clf`'s backbone, by name (a rule wrapper holds the classifier one level down)"
+    return {n: m for n, m in clf.named_modules() if isinstance(m, nn.Dropout) and 'backbone' in n.split('.')}
+
+def backbone_dropouts(clf:nn.Module)->dict[str, float]:
+    "The probability of each dropout under `clf`'s backbone, by module name"
+    return {n: m.p for n, m in _backbone_dropout_modules(clf).items()}
+
 def set_model_dropout(
     clf:nn.Module, # a `Classifier` (plain, or with a PEFT method applied)
     p:float,       # the probability for every dropout of its backbone
 )->nn.Module:      # the same classifier, changed in place
     "Set every dropout of `clf.backbone` (embeddings, attention weights, sublayer outputs) to `p`; the head's and LoRA's branch dropout keep theirs"
-    for name, m in clf.named_modules():   # under `backbone` (a rule wrapper holds the classifier one level down)
-        if isinstance(m, nn.Dropout) and 'backbone' in name.split('.') and not name.endswith('lora_dropout'): m.p = p
+    for n, m in _backbone_dropout_modules(clf).items():
+        if not n.endswith('lora_dropout'): m.p = p
     return clf
-
-def backbone_dropouts(clf:nn.Module)->dict[str, float]:
-    "The probability of each dropout under `clf`'s backbone, by module name"
-    return {n: m.p for n, m in clf.named_modules() if isinstance(m, nn.Dropout) and 'backbone' in n.split('.')}
 
 def build_model(
     cfg:RunConfig,   # the run's settings
