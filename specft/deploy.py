@@ -21,11 +21,12 @@ from .evaluate import compute_metrics
 from .pipeline import Predictor, prepare_data, saved_config, _encode, check_run_dir
 
 # %% auto #0
-__all__ = ['ONNX_INPUTS', 'ONNX_SCHEMES', 'EXPORTERS', 'size_on_disk', 'state_bytes', 'latency', 'parity', 'quantize_int8',
-           'quiet_loggers', 'export_onnx', 'OrtClassifier', 'int8_embeddings', 'quantize_onnx', 'magnitude_prune',
-           'sparsity', 'spread', 'keep_layers', 'head_scores', 'prune_heads', 'weakest_heads', 'build_pruned',
-           'distill_loss', 'Distiller', 'distill', 'export_merged', 'export_bf16', 'export_int8', 'export_onnx_fp32',
-           'export_onnx_int8', 'load_deployed', 'length_bins', 'reference_of', 'plain_model', 'export_run']
+__all__ = ['ONNX_INPUTS', 'ONNX_PAIR_INPUTS', 'ONNX_SCHEMES', 'EXPORTERS', 'size_on_disk', 'state_bytes', 'latency', 'parity',
+           'quantize_int8', 'quiet_loggers', 'export_onnx', 'OrtClassifier', 'int8_embeddings', 'quantize_onnx',
+           'magnitude_prune', 'sparsity', 'spread', 'keep_layers', 'head_scores', 'prune_heads', 'weakest_heads',
+           'build_pruned', 'distill_loss', 'Distiller', 'distill', 'export_merged', 'export_bf16', 'export_int8',
+           'export_onnx_fp32', 'export_onnx_int8', 'load_deployed', 'length_bins', 'reference_of', 'plain_model',
+           'fresh_folder', 'export_run']
 
 # %% ../nbs/10_deploy.ipynb #cc4d22e2
 def size_on_disk(
@@ -80,6 +81,7 @@ def quantize_int8(
 
 # %% ../nbs/10_deploy.ipynb #19fabed6
 ONNX_INPUTS = ('input_ids', 'attention_mask')
+ONNX_PAIR_INPUTS = (*ONNX_INPUTS, 'token_type_ids')   # a run trained with text pairs (lesson 20): the segment ids too
 
 @contextlib.contextmanager
 def quiet_loggers(*names:str, level:int=logging.ERROR):
@@ -92,26 +94,29 @@ def quiet_loggers(*names:str, level:int=logging.ERROR):
         for l, v in zip(loggers, old): l.setLevel(v)
 
 def export_onnx(
-    model:nn.Module,  # `model(input_ids, attention_mask) -> logits`, e.g. a `Classifier`
+    model:nn.Module,  # `model(input_ids, attention_mask[, token_type_ids]) -> logits`, e.g. a `Classifier`
     path:str|Path,    # the .onnx file to write (one file, weights inside)
     seq_len:int=16,   # length of the example input (any length works afterwards)
+    pairs:bool=False, # the model reads text pairs: `token_type_ids` is a third input (`ONNX_PAIR_INPUTS`)
 )->Path:
     "Write `model` to ONNX with dynamic batch and sequence axes"
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     ids = torch.ones(2, seq_len, dtype=torch.long); mask = torch.ones_like(ids); mask[1, seq_len // 2:] = 0
-    dyn = {k: {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC} for k in ONNX_INPUTS}
+    seg = torch.zeros_like(ids); seg[:, seq_len // 4:] = 1
+    names = ONNX_PAIR_INPUTS if pairs else ONNX_INPUTS
+    dyn = {k: {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC} for k in names}
     was_training = model.training; model.eval()
     try:
         with warnings.catch_warnings(), quiet_loggers('torch.onnx'):   # notes on optional torchvision ops
             warnings.simplefilter('ignore')
-            torch.onnx.export(model, (ids, mask), str(path), input_names=list(ONNX_INPUTS), output_names=['logits'],
+            torch.onnx.export(model, (ids, mask, seg)[:len(names)], str(path), input_names=list(names), output_names=['logits'],
                               dynamic_shapes=dyn, dynamo=True, external_data=False, verbose=False)
     finally: model.train(was_training)
     return path
 
 # %% ../nbs/10_deploy.ipynb #a83f966d
 class OrtClassifier(nn.Module):
-    "A torch module that runs an ONNX classifier in ONNX Runtime on the CPU: `forward(input_ids, attention_mask) -> logits`"
+    "A torch module that runs an ONNX classifier in ONNX Runtime on the CPU: `forward(input_ids, attention_mask[, token_type_ids]) -> logits`"
     def __init__(self,
         path:str|Path,      # an .onnx file written by `export_onnx`
         threads:int|None=None, # intra-op threads; None: ONNX Runtime's default (all cores)
@@ -122,9 +127,15 @@ class OrtClassifier(nn.Module):
         if threads: opts.intra_op_num_threads = threads
         self.path = str(path)
         self.session = ort.InferenceSession(self.path, opts, providers=['CPUExecutionProvider'])
+        self.inputs = [i.name for i in self.session.get_inputs()]
 
-    def forward(self, input_ids:torch.Tensor, attention_mask:torch.Tensor)->torch.Tensor:
+    def forward(self, input_ids:torch.Tensor, attention_mask:torch.Tensor, token_type_ids:torch.Tensor|None=None)->torch.Tensor:
         feed = {'input_ids': input_ids.cpu().numpy(), 'attention_mask': attention_mask.cpu().numpy()}
+        if 'token_type_ids' in self.inputs:
+            feed['token_type_ids'] = (torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids).cpu().numpy()
+        elif token_type_ids is not None and bool(token_type_ids.any()):
+            raise SpecftModelError(f"{self.path} has no token_type_ids input, so it cannot read text pairs: it was exported from a "
+                                   "run trained on texts alone, or by an older specft; export the pair run again.")
         return torch.from_numpy(self.session.run(None, feed)[0]).to(input_ids.device)
 
 # %% ../nbs/10_deploy.ipynb #3d445c75
@@ -297,16 +308,25 @@ def distill_loss(
 # %% ../nbs/10_deploy.ipynb #5220bbb9
 class Distiller(nn.Module):
     "Student and frozen teacher for `fit`: training forward gives `[z_s | z_t]`, eval forward gives `z_s`"
-    def __init__(self, student:nn.Module, teacher:nn.Module, T:float=2.0, alpha:float=0.5):
+    def __init__(self, student:nn.Module, teacher:nn.Module, T:float=2.0, alpha:float=0.5, rule_offsets:Callable|None=None):
         super().__init__()
-        self.student, self.T, self.alpha = student, T, alpha
+        self.student, self.T, self.alpha, self.rule_offsets = student, T, alpha, rule_offsets
         self._teacher = [teacher.eval()]   # in a list: not a submodule, so not trained, saved or decayed
 
-    def forward(self, input_ids:torch.Tensor, attention_mask:torch.Tensor)->torch.Tensor:
-        z_s = self.student(input_ids, attention_mask)
+    def logits(self, model:nn.Module, input_ids, attention_mask, token_type_ids=None, rule_hits=None)->torch.Tensor:
+        "`model`'s logits of a batch, with its segments (text pairs) and its rule offsets (`rule_offsets(z, rule_hits)`), lesson 20"
+        z = model(input_ids, attention_mask) if token_type_ids is None else model(input_ids, attention_mask, token_type_ids)
+        if rule_hits is None: return z
+        if self.rule_offsets is None:
+            raise SpecftConfigError("the batches carry rule_hits (a run with rule offsets) but the Distiller has no rule_offsets; "
+                                    "pass rule_offsets=specft.knowledge.rule_offset_fn(predictor.knowledge).")
+        return self.rule_offsets(z, rule_hits)
+
+    def forward(self, input_ids:torch.Tensor, attention_mask:torch.Tensor, token_type_ids=None, rule_hits=None)->torch.Tensor:
+        z_s = self.logits(self.student, input_ids, attention_mask, token_type_ids, rule_hits)
         if not self.training: return z_s
         teacher = self._teacher[0].to(input_ids.device).eval()
-        with torch.no_grad(): z_t = teacher(input_ids, attention_mask)
+        with torch.no_grad(): z_t = self.logits(teacher, input_ids, attention_mask, token_type_ids, rule_hits)
         return torch.cat([z_s, z_t.float()], -1)
 
     def loss(self, z:torch.Tensor, y:torch.Tensor)->torch.Tensor:
@@ -322,9 +342,10 @@ def distill(
     cfg:TrainConfig|None=None, # the engine's settings (its `loss_fn` is replaced)
     T:float=2.0, alpha:float=0.5,
     labels:list[str]|None=None,
+    rule_offsets:Callable|None=None, # `(z, rule_hits) -> z`: a rules run's learned offsets, added to both models' logits
 ):
     "Train `student` to match `teacher` (`distill_loss`) with the specft training engine; returns the final state"
-    d = Distiller(student, teacher, T, alpha)
+    d = Distiller(student, teacher, T, alpha, rule_offsets)
     cfg = copy.copy(cfg or TrainConfig())
     cfg.loss_fn, cfg.class_weights, cfg.logit_adjust = d.loss, 'none', 0.0
     state = fit(d, train_loader, val_loader, cfg, labels=labels, head='student.head')
@@ -332,29 +353,29 @@ def distill(
     return state
 
 # %% ../nbs/10_deploy.ipynb #484d646f
-def export_merged(model, tok, labels, out:Path)->dict:
-    "fp32 safetensors, read by torch"
+def export_merged(model, tok, labels, out:Path, pairs:bool=False)->dict:
+    "fp32 safetensors, read by torch (text pairs or not: its forward takes `token_type_ids`)"
     save_classifier(model, tok, out, labels)
     return {'runtime': 'torch', 'quantize': None, 'weights': 'model.safetensors'}
 
-def export_bf16(model, tok, labels, out:Path)->dict:
+def export_bf16(model, tok, labels, out:Path, pairs:bool=False)->dict:
     "bf16 safetensors, run in bf16 where the device has fast bf16 arithmetic"
     save_classifier(copy.deepcopy(model).to(torch.bfloat16), tok, out, labels)
     return {'runtime': 'torch', 'quantize': None, 'dtype': 'bf16', 'weights': 'model.safetensors'}
 
-def export_int8(model, tok, labels, out:Path)->dict:
+def export_int8(model, tok, labels, out:Path, pairs:bool=False)->dict:
     "fp32 safetensors, quantised to int8 (Linear layers) when the folder is loaded"
     return {**export_merged(model, tok, labels, out), 'quantize': 'int8-dynamic'}
 
-def export_onnx_fp32(model, tok, labels, out:Path)->dict:
-    "An fp32 ONNX file, run by ONNX Runtime"
+def export_onnx_fp32(model, tok, labels, out:Path, pairs:bool=False)->dict:
+    "An fp32 ONNX file, run by ONNX Runtime; `pairs`: the run reads text pairs, so the graph takes `token_type_ids` too"
     save_classifier(model, tok, out, labels); (out/'model.safetensors').unlink()   # config and tokenizer stay
-    export_onnx(model, out/'model.onnx')
-    return {'runtime': 'onnxruntime', 'quantize': None, 'weights': 'model.onnx'}
+    export_onnx(model, out/'model.onnx', pairs=pairs)
+    return {'runtime': 'onnxruntime', 'quantize': None, 'weights': 'model.onnx', 'inputs': list(ONNX_PAIR_INPUTS if pairs else ONNX_INPUTS)}
 
-def export_onnx_int8(model, tok, labels, out:Path)->dict:
+def export_onnx_int8(model, tok, labels, out:Path, pairs:bool=False)->dict:
     "An ONNX file with block-wise int8 weights and activations (`quantize_onnx`'s defaults), run by ONNX Runtime"
-    info = export_onnx_fp32(model, tok, labels, out)
+    info = export_onnx_fp32(model, tok, labels, out, pairs)
     fp32 = out/'model.onnx'; tmp = out/'model-fp32.onnx'; fp32.rename(tmp)
     quantize_onnx(tmp, fp32); tmp.unlink()
     return {**info, 'quantize': 'int8-block16'}
@@ -380,7 +401,11 @@ def load_deployed(
         if spec.get('quantize') == 'int8-dynamic': model, device = quantize_int8(model), 'cpu'
         if spec.get('dtype') == 'bf16' and choose_precision('auto', device) == 'bf16': model = model.to(torch.bfloat16)
     else: raise SpecftModelError(f"{folder/'deploy.json'}: unknown runtime {spec['runtime']!r}; re-export with this specft.")
-    return Predictor(model, tok, labels, run['preprocessing'], device)
+    pred = Predictor(model, tok, labels, run['preprocessing'], device)
+    if run['preprocessing'].get('rules'):   # lesson 20: the rules lie beside the model; `Predictor` applies them around its logits
+        from specft.knowledge import rules_state
+        pred.knowledge = rules_state(folder, run['preprocessing'])
+    return pred
 
 # %% ../nbs/10_deploy.ipynb #6dcff1b5
 def length_bins(lengths, n_bins:int=10)->list[float]:
@@ -405,6 +430,13 @@ def _deploy_card(card:str, spec:dict)->str:
         what.append(f"- Encoder layers kept: {spec['kept_layers']} of {spec['source_layers']}"
                     + (f", distilled from the full run for {spec['distill_epochs']} epochs." if spec.get('distill_epochs') else
                        ", without distillation."))
+    k = spec.get('knowledge') or {}
+    if k.get('text_pair'):
+        what.append(f"- Text pairs: each text goes with its `{k['text_pair']}` field as a second segment"
+                    + ("; the ONNX graph takes `token_type_ids` as its third input." if spec['runtime'] == 'onnxruntime' else "."))
+    if k.get('rules'):
+        what.append(f"- Rules ({k['rules']['mode']} mode): `{k['rules']['file']}` and `rules.json` lie beside the model, which holds no "
+                    "rules; specft's `Predictor` applies them around its logits, as for the run folder.")
     what.append(f"- Size on disk: {spec['size_bytes'] / 1e6:.1f} MB (the source run's weights: {spec['source_bytes'] / 1e6:.1f} MB).")
     what.append(f"- Cost on the test split ({c['n']} rows): labels agree with the source model on {100 * c['agreement']:.1f}% "
                 f"of rows; macro-F1 {c['macro_f1']:.3f} against {c['macro_f1_ref']:.3f} (a loss of {c['f1_loss']:+.3f}).")
@@ -423,6 +455,19 @@ def plain_model(
     raise SpecftConfigError(f"{run_dir} is a '{rec['settings']['method']}' run: its adapters or prefixes add computation "
                             "that cannot be folded into the weights, so it exports to none of these formats. "
                             "Serve the run folder itself (`specft serve RUN_DIR`).")
+
+@contextlib.contextmanager
+def fresh_folder(out:Path):
+    "Create `out` (new, or an existing empty folder) for the block; if the block fails, remove all it wrote: no half-written folder"
+    top, existed = out, out.exists()
+    while not top.parent.exists(): top = top.parent   # the highest folder this creates
+    out.mkdir(parents=True, exist_ok=True)
+    try: yield out
+    except BaseException:
+        if not existed: shutil.rmtree(top, ignore_errors=True)
+        else:
+            for p in out.iterdir(): shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        raise
 
 def export_run(
     run_dir:str|Path,          # a finished run folder
@@ -443,29 +488,33 @@ def export_run(
     teacher = Predictor.load(src, device)
     cfg = saved_config(info['config'])
     data = prepare_data(cfg)
-    model, L = plain_model(copy.deepcopy(teacher.model), src), len(encoder_layers(teacher.model))
+    model, L = plain_model(copy.deepcopy(teacher.model), src), len(encoder_layers(teacher.model))   # refuses before anything is written
     if keep_layers_k is not None:
         keep_layers(model, keep_layers_k)
         if distill_epochs:
+            from specft.knowledge import rule_offset_fn   # lesson 20: a rules run's offsets, on both models' logits
             tr, va = (_encode(teacher.tok, df, data.labels, cfg, shuffle=df is data.train) for df in (data.train, data.val))
             distill(model, teacher.model, tr, va, TrainConfig(epochs=distill_epochs, lr=cfg.lr or TrainConfig.lr, device=device, seed=cfg.seed,
-                    select_metric='last', head_lr_scale=1.0), labels=teacher.labels)
-    model = model.cpu().eval()
-    out.mkdir(parents=True, exist_ok=True)
-    spec = {'format': format, **EXPORTERS[format](model, teacher.tok, teacher.labels, out)}
-    for f in ('run.json', 'labels.json', 'metrics.json'):
-        if (src/f).is_file(): shutil.copy2(src/f, out/f)
-    spec.update(source=str(src.resolve()), source_layers=L, created=datetime.datetime.now().isoformat(timespec='seconds'),
-                kept_layers=keep_layers_k, distill_epochs=distill_epochs if keep_layers_k is not None else 0)
-    (out/'deploy.json').write_text(json.dumps(spec, indent=2))
-    texts, y = data.test['text'].tolist(), data.labels.encode(data.test['label'])
-    cost = parity(teacher.predict_proba(texts), load_deployed(out, 'cpu').predict_proba(texts), y, teacher.labels)
-    spec.update(cost={**cost, 'n': len(texts)}, size_bytes=size_on_disk(out/spec['weights']),
-                source_bytes=size_on_disk(src/'model.safetensors') or size_on_disk(src/'peft.safetensors'))   # a PEFT run: its adapter
-    (out/'deploy.json').write_text(json.dumps(spec, indent=2))
-    ref = reference_of(data.train['text'].tolist(), data.labels.encode(data.train['label']), teacher.labels, teacher.tok,
-                       teacher.prep['max_len'])
-    (out/'reference.json').write_text(json.dumps(ref, indent=2))
-    card = (src/'card.md').read_text() if (src/'card.md').is_file() else f"# Model card\n\nExported from {src}.\n"
-    (out/'card.md').write_text(_deploy_card(card, spec))
+                    select_metric='last', head_lr_scale=1.0), labels=teacher.labels, rule_offsets=rule_offset_fn(getattr(teacher, 'knowledge', None)))
+    model, pairs = model.cpu().eval(), data.test['text_pair'].tolist() if 'text_pair' in data.test else None
+    with fresh_folder(out):
+        spec = {'format': format, **EXPORTERS[format](model, teacher.tok, teacher.labels, out, pairs=pairs is not None)}
+        for f in ('run.json', 'labels.json', 'metrics.json'):
+            if (src/f).is_file(): shutil.copy2(src/f, out/f)
+        if teacher.prep.get('text_pair') or teacher.prep.get('rules'):   # lesson 20: the pair column; the rules, beside the model
+            from specft.knowledge import export_knowledge
+            spec['knowledge'] = export_knowledge(teacher, src, out)
+        spec.update(source=str(src.resolve()), source_layers=L, created=datetime.datetime.now().isoformat(timespec='seconds'),
+                    kept_layers=keep_layers_k, distill_epochs=distill_epochs if keep_layers_k is not None else 0)
+        (out/'deploy.json').write_text(json.dumps(spec, indent=2))   # what `load_deployed` reads to measure the cost
+        texts, y = data.test['text'].tolist(), data.labels.encode(data.test['label'])   # prepared: cleaned and masked once
+        cost = parity(teacher.predict_prepared(texts, pairs), load_deployed(out, 'cpu').predict_prepared(texts, pairs), y, teacher.labels)
+        spec.update(cost={**cost, 'n': len(texts)}, size_bytes=size_on_disk(out/spec['weights']),
+                    source_bytes=size_on_disk(src/'model.safetensors') or size_on_disk(src/'peft.safetensors'))   # a PEFT run: its adapter
+        (out/'deploy.json').write_text(json.dumps(spec, indent=2))
+        ref = reference_of(data.train['text'].tolist(), data.labels.encode(data.train['label']), teacher.labels, teacher.tok,
+                           teacher.prep['max_len'])
+        (out/'reference.json').write_text(json.dumps(ref, indent=2))
+        card = (src/'card.md').read_text() if (src/'card.md').is_file() else f"# Model card\n\nExported from {src}.\n"
+        (out/'card.md').write_text(_deploy_card(card, spec))
     return spec

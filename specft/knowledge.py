@@ -4,13 +4,13 @@
 
 # %% ../nbs/20_knowledge.ipynb #d0577deb
 from __future__ import annotations
-import csv, dataclasses, importlib.resources, io, json, re, shutil
+import csv, dataclasses, functools, importlib.resources, io, json, re, shutil
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from .core import SpecftConfigError, SpecftDataError
+from .core import SpecftConfigError, SpecftDataError, SpecftModelError
 from .corpus import Corpus, decode_bytes
 from .clean import preprocess_texts
 from .batch import BucketBatchSampler
@@ -21,11 +21,12 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['PAIR_TRUNCATION', 'DRUG_RULES', 'RULES_MODES', 'encode_pairs', 'KnowledgeCollate', 'make_knowledge_loader',
-           'preprocess_pairs', 'prepare_pair_column', 'baseline_texts', 'Rule', 'Rules', 'read_rules', 'RuleHead',
-           'RuleClassifier', 'override_probs', 'choose_min_precision', 'coarse_probs', 'coarse_metrics',
-           'read_label_map', 'check_knowledge', 'check_against_labels', 'knowledge_record', 'with_rule_offsets',
-           'knowledge_loader', 'apply_rules_in_run', 'save_rules', 'coarse_in_run', 'load_knowledge', 'check_pairs',
-           'knowledge_proba', 'run_pair_col', 'read_text_pairs']
+           'preprocess_pairs', 'prepare_pair_column', 'baseline_texts', 'Rule', 'Rules', 'read_rules',
+           'add_rule_offsets', 'RuleHead', 'RuleClassifier', 'override_probs', 'choose_min_precision', 'coarse_probs',
+           'coarse_metrics', 'read_label_map', 'check_knowledge', 'check_against_labels', 'knowledge_record',
+           'with_rule_offsets', 'knowledge_loader', 'apply_rules_in_run', 'save_rules', 'coarse_in_run', 'rules_state',
+           'load_knowledge', 'check_pairs', 'rule_offset_fn', 'knowledge_proba', 'run_pair_col', 'read_text_pairs',
+           'export_knowledge']
 
 # %% ../nbs/20_knowledge.ipynb #d0fd2581
 PAIR_TRUNCATION = 'longest_first'
@@ -214,6 +215,16 @@ def stats(self:Rules, texts, labels)->pd.DataFrame:
     return pd.DataFrame(rows).set_index('rule')
 
 # %% ../nbs/20_knowledge.ipynb #f4818224
+def add_rule_offsets(
+    z:torch.Tensor,            # logits [N, K]
+    hits,                      # [N, R] 0/1 rule matches (a tensor or an array)
+    offsets:torch.Tensor,      # [R] each rule's offset s theta_r
+    rule_label_ids:list[int],  # [R] each rule's label y_r
+)->torch.Tensor:               # z + sum_r h_r s theta_r e_{y_r}
+    "Add each matching rule's offset to its label's logit (`RuleHead` in training, `Predictor` around any model's logits)"
+    onehot = nn.functional.one_hot(torch.as_tensor(rule_label_ids, device=z.device), z.shape[-1]).float()
+    return z + (torch.as_tensor(hits).to(z.device, z.dtype) * offsets.to(z.device)) @ onehot
+
 class RuleHead(nn.Linear):
     "The classifier's linear head plus a learned offset per rule on its label's logit: W z + b + sum_r h_r s theta_r e_{y_r}"
     def __init__(self, linear:nn.Linear, rule_label_ids:list[int], scale:float=100.0):
@@ -221,14 +232,12 @@ class RuleHead(nn.Linear):
             super().__init__(linear.in_features, linear.out_features, device=linear.weight.device, dtype=linear.weight.dtype)
         self.load_state_dict(linear.state_dict())
         self.rule_theta = nn.Parameter(torch.zeros(len(rule_label_ids)))   # starts at 0: the model is unchanged
-        self.scale = scale
-        self.register_buffer('rule_onehot', nn.functional.one_hot(torch.as_tensor(rule_label_ids), linear.out_features).float(),
-                             persistent=False)
+        self.scale, self.rule_label_ids = scale, list(rule_label_ids)
     @property
     def offsets(self)->torch.Tensor: return self.scale * self.rule_theta
     def forward(self, z:torch.Tensor, rule_hits:torch.Tensor|None=None)->torch.Tensor:
         out = super().forward(z)
-        return out if rule_hits is None else out + (rule_hits.to(out.dtype) * self.offsets) @ self.rule_onehot
+        return out if rule_hits is None else add_rule_offsets(out, rule_hits, self.offsets, self.rule_label_ids)
 
 class RuleClassifier(Classifier):
     "A `Classifier` whose head adds a learned offset for each matching rule: `forward(..., rule_hits)`"
@@ -238,6 +247,14 @@ class RuleClassifier(Classifier):
         self.head = RuleHead(clf.head, rule_label_ids, scale)
     def forward(self, input_ids, attention_mask, token_type_ids=None, rule_hits=None)->torch.Tensor:
         return self.head(self.dropout(self.embed(input_ids, attention_mask, token_type_ids)), rule_hits).float()
+    def plain(self)->Classifier:
+        "The same backbone with a plain linear head (the same weights): the model without its offsets, which `Predictor` adds outside"
+        clf = Classifier.__new__(Classifier); nn.Module.__init__(clf)
+        clf.backbone, clf.pooling, clf.num_labels, clf.dropout = self.backbone, self.pooling, self.num_labels, self.dropout
+        with torch.random.fork_rng(devices=[]):
+            clf.head = nn.Linear(self.head.in_features, self.head.out_features, device=self.head.weight.device, dtype=self.head.weight.dtype)
+        clf.head.load_state_dict({'weight': self.head.weight.detach(), 'bias': self.head.bias.detach()})
+        return clf.train(self.training)
 
 # %% ../nbs/20_knowledge.ipynb #2e141e82
 def override_probs(
@@ -408,24 +425,37 @@ def coarse_in_run(cfg, data, P:np.ndarray, base_P:np.ndarray)->dict:
             'baseline': coarse_metrics(y, base_P, names, m, 'sum')}
 
 # %% ../nbs/20_knowledge.ipynb #e47e224d
+def rules_state(
+    folder:Path,          # a run folder, or a folder written by `specft export`
+    prep:dict,            # its run.json's 'preprocessing'
+    offsets=None,         # offset mode: the learned offsets s theta (default: rules.json's, which an export writes exactly)
+)->dict:                  # {'rules', 'ids', 'mode', 'active', 'offsets'}: all that `knowledge_proba` applies
+    "The rules of `folder` as prediction applies them"
+    folder, f, mode = Path(folder), prep['rules']['file'], prep['rules']['mode']
+    if not (folder/'rules.json').is_file() or not (folder/f).is_file():
+        raise SpecftModelError(f"{folder} was trained with rules ({mode} mode) but holds no rules.json and {f}: it was exported "
+                               "by an older specft, which left them out; export the run folder again.")
+    rec, labels = json.loads((folder/'rules.json').read_text()), json.loads((folder/'labels.json').read_text())
+    rules = read_rules(folder/f, labels)
+    if mode == 'offset' and offsets is None: offsets = torch.tensor(rec['offsets'], dtype=torch.float32)
+    return {'rules': rules, 'ids': [labels.index(l) for l in rules.labels], 'mode': mode, 'active': rec.get('active'),
+            'offsets': None if offsets is None else offsets.detach().float().cpu()}
+
 def load_knowledge(run_dir:Path, prep:dict):
-    "The model, tokenizer and rules state of a run folder with rules (`Predictor.load` calls it)"
+    "The plain model, tokenizer and rules state of a run folder with rules (`Predictor.load` calls it): the offsets stay outside the model"
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from specft.model import load_classifier, load_classifier_state
     from specft.peft import load_peft, peft_record
-    rec = json.loads((run_dir/'rules.json').read_text())
-    labels = json.loads((run_dir/'labels.json').read_text())
-    rules = read_rules(run_dir/prep['rules']['file'], labels)
-    ids = [labels.index(l) for l in rules.labels]
-    if rec['mode'] == 'override': model, tok = load_peft(run_dir) if peft_record(run_dir) else load_classifier(run_dir)
-    else:
-        config = AutoConfig.from_pretrained(run_dir, trust_remote_code=False)
-        s = config.specft
-        model = RuleClassifier(Classifier(AutoModel.from_config(config, trust_remote_code=False), s['num_labels'], s['pooling'],
-                                          s.get('dropout', 0.1)), ids)
-        load_classifier_state(model, run_dir/'model.safetensors')
-        tok = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=False)
-    return model.eval(), tok, {'rules': rules, 'ids': ids, 'mode': rec['mode'], 'active': rec.get('active')}
+    if prep['rules']['mode'] == 'override':
+        model, tok = load_peft(run_dir) if peft_record(run_dir) else load_classifier(run_dir)
+        return model.eval(), tok, rules_state(run_dir, prep)
+    config = AutoConfig.from_pretrained(run_dir, trust_remote_code=False)
+    s, k = config.specft, rules_state(run_dir, prep)
+    model = RuleClassifier(Classifier(AutoModel.from_config(config, trust_remote_code=False), s['num_labels'], s['pooling'],
+                                      s.get('dropout', 0.1)), k['ids'])
+    load_classifier_state(model, run_dir/'model.safetensors')   # strict: head.rule_theta is read too
+    tok = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=False)
+    return model.plain().eval(), tok, {**k, 'offsets': model.head.offsets.detach().float().cpu()}   # exact, unlike rules.json's
 
 def check_pairs(prep:dict, n:int, pairs)->list[str]|None:
     "The pairs of `n` texts for a run with preprocessing `prep`: required when it was trained with pairs, refused when not"
@@ -440,21 +470,31 @@ def check_pairs(prep:dict, n:int, pairs)->list[str]|None:
     if len(pairs) != n: raise SpecftDataError(f"{n} texts but {len(pairs)} text pairs; give one pair (possibly '') per text.")
     return pairs
 
+def rule_offset_fn(k:dict|None):
+    "`(z, rule_hits) -> z` plus the learned rule offsets of rules state `k` (offset mode); None for other runs"
+    if not k or k['mode'] != 'offset': return None
+    return functools.partial(add_rule_offsets, offsets=k['offsets'], rule_label_ids=k['ids'])
+
 def knowledge_proba(pred, texts:list[str], pairs:list[str]|None)->np.ndarray:
-    "Probabilities of preprocessed texts (and pairs) from a `Predictor` whose run has pairs or rules"
+    "Probabilities of preprocessed texts (and pairs) from a `Predictor` whose run has pairs or rules: the model's logits, the rule offsets added, the override applied"
     from specft.train import predict_logits
     k = getattr(pred, 'knowledge', None)
-    hits = k['rules'].hits(texts) if k else None
+    if pred.prep.get('rules') and k is None:
+        raise SpecftModelError("this Predictor's run was trained with rules, but it was built without them; "
+                               "load the folder with Predictor.load(FOLDER), which reads them.")
     enc = encode_pairs(pred.tok, texts, pairs, pred.prep['max_len'])
-    dl = make_knowledge_loader(enc, None, pred.batch_size, pred.tok.pad_token_id, rule_hits=hits if k and k['mode'] == 'offset' else None)
-    P = predict_logits(pred.model, dl, device=pred.device).softmax(-1).numpy()
-    if k and k['mode'] == 'override': P, _ = override_probs(P, hits, k['ids'], k['active'])
-    return P
+    z = predict_logits(pred.model, make_knowledge_loader(enc, None, pred.batch_size, pred.tok.pad_token_id), device=pred.device)
+    if k is None: return z.softmax(-1).numpy()
+    hits, offset = k['rules'].hits(texts), rule_offset_fn(k)
+    P = (z if offset is None else offset(z, hits)).softmax(-1).numpy()
+    return override_probs(P, hits, k['ids'], k['active'])[0] if k['mode'] == 'override' else P
 
 # %% ../nbs/20_knowledge.ipynb #a583fd25
 def run_pair_col(run_dir)->str|None:
-    "The text-pair column a run folder was trained with (None: texts alone, or not a plain run folder)"
-    p = Path(run_dir)/'run.json'
+    "The text-pair column a run folder, an exported folder or an ensemble's members were trained with (None: texts alone, or no such folder)"
+    d = Path(run_dir)
+    if (d/'ensemble.json').is_file(): d = d/json.loads((d/'ensemble.json').read_text())['members'][0]
+    p = d/'run.json'
     return json.loads(p.read_text())['preprocessing'].get('text_pair', {}).get('column') if p.is_file() else None
 
 def read_text_pairs(
@@ -472,3 +512,20 @@ def read_text_pairs(
         raise SpecftDataError(f"text-pair column '{pair_col}' not found in {p}; its columns are: "
                               f"{', '.join(str(c) for c in df.columns if c != 'row')}. Pass one with --text-pair-col NAME.")
     return df[tc].astype(str).tolist(), [v if isinstance(v, str) else '' if pd.isna(v) else str(v) for v in df[pair_col]]
+
+# %% ../nbs/20_knowledge.ipynb #97641cd4
+def export_knowledge(
+    pred,        # the `Predictor` of run folder `src` (`Predictor.load`)
+    src:Path,    # the run folder
+    out:Path,    # the folder `specft export` is writing
+)->dict:         # what deploy.json records: the pair column, the rules' mode and file
+    "Copy a run's rules beside its exported model (which holds none), the learned offsets exactly"
+    prep, rec = pred.prep, {}
+    if prep.get('text_pair'): rec['text_pair'] = prep['text_pair']['column']
+    if prep.get('rules'):
+        f = prep['rules']['file']; shutil.copyfile(Path(src)/f, Path(out)/f)
+        r = json.loads((Path(src)/'rules.json').read_text())
+        if r['mode'] == 'offset': r['offsets'] = [float(v) for v in pred.knowledge['offsets']]   # full precision
+        (Path(out)/'rules.json').write_text(json.dumps(r, indent=2))
+        rec['rules'] = {'mode': r['mode'], 'file': f, 'applied': "by specft's Predictor, around the model's logits"}
+    return rec

@@ -536,7 +536,7 @@ class Predictor:
     def predict(self, texts, pairs=None)->list[dict]:
         "For each text: the text, the predicted label and every label's probability; `empty: True` flags a blank text"
         texts = _texts(texts)
-        P = self.predict_proba(texts) if pairs is None else self.predict_proba(texts, pairs)   # subclasses (ensembles, exports) take texts alone
+        P = self.predict_proba(texts) if pairs is None else self.predict_proba(texts, pairs)   # a user's subclass may take texts alone
         return [{'text': t, 'label': self.labels[int(p.argmax())],
                  'probabilities': {l: round(float(q), 6) for l, q in zip(self.labels, p)}, **({} if t.strip() else {'empty': True})}
                 for t, p in zip(texts, P)]

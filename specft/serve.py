@@ -195,8 +195,8 @@ def _check_auth(request, token:str|None):
         raise _Reject(401, "missing bearer token: send the header 'Authorization: Bearer TOKEN'.", {'WWW-Authenticate': 'Bearer'})
     if not secrets.compare_digest(h[7:].strip().encode(), token.encode()): raise _Reject(403, "wrong token.")
 
-async def _read_texts(request, cfg:ServeConfig)->list[str]:
-    "The `texts` of a /predict request, checked against the limits of `cfg`"
+async def _read_texts(request, cfg:ServeConfig, pair_col:str|None=None)->tuple[list[str], list[str]|None]:
+    "The `texts` of a /predict request, and its `pairs` for a model trained with text pairs (column `pair_col`), checked against `cfg`'s limits"
     ctype = request.headers.get('content-type', '').split(';')[0].strip().lower()
     if ctype != 'application/json': raise _Reject(415, f"content type must be application/json, got '{ctype or 'none'}'.")
     if int(request.headers.get('content-length') or 0) > cfg.max_body_bytes:
@@ -213,7 +213,23 @@ async def _read_texts(request, cfg:ServeConfig)->list[str]:
     if len(texts) > cfg.max_texts: raise _Reject(422, f"{len(texts)} texts in one request; the limit is {cfg.max_texts}.")
     long = [i for i, t in enumerate(texts) if len(t) > cfg.max_chars]
     if long: raise _Reject(422, f"texts {long[:10]} are over {cfg.max_chars} characters; shorten or split them.")
-    return texts
+    return texts, _read_pairs(doc, len(texts), cfg, pair_col)
+
+def _read_pairs(doc:dict, n:int, cfg:ServeConfig, pair_col:str|None)->list[str]|None:
+    "The `pairs` of a request body: one string per text for a model trained with text pairs (lesson 20), none otherwise"
+    pairs = doc.get('pairs')
+    if pair_col is None:
+        if pairs is not None: raise _Reject(422, 'this model was trained on texts alone: send {"texts": [...]} without "pairs".')
+        return None
+    if pairs is None:
+        raise _Reject(422, f"this model was trained with text pairs (its '{pair_col}' field as a second segment): send one pair "
+                           'per text, {"texts": [...], "pairs": [...]} (a missing field is "").')
+    if not isinstance(pairs, list) or len(pairs) != n or not all(isinstance(p, str) for p in pairs):
+        got = f"{len(pairs)} pairs" if isinstance(pairs, list) else f"a {type(pairs).__name__}"
+        raise _Reject(422, f'{n} texts but {got}: "pairs" must be a list of {n} strings, one per text (a missing field is "").')
+    long = [i for i, p in enumerate(pairs) if len(p) > cfg.max_chars]
+    if long: raise _Reject(422, f"pairs {long[:10]} are over {cfg.max_chars} characters; shorten them.")
+    return pairs
 
 # %% ../nbs/10a_serve.ipynb #dbc1d4a3
 def create_app(
@@ -229,9 +245,11 @@ def create_app(
     metrics = Metrics(pred.labels)
     drift = DriftMonitor(reference, cfg.drift_window, cfg.drift_min, cfg.psi_threshold) if reference else None
     kinds, names = _masking(pred.prep)
+    pair_col = pred.prep.get('text_pair', {}).get('column')   # a run trained with text pairs (lesson 20)
 
-    def model_fn(texts):
-        P = pred.predict_proba(texts)
+    def model_fn(items):   # (text, pair) of every request in the batch; pair None for a run on texts alone
+        texts, pairs = [t for t, _ in items], [p for _, p in items]
+        P = pred.predict_proba(texts) if pair_col is None else pred.predict_proba(texts, pairs)
         lengths = [min(len(i), pred.prep['max_len']) for i in pred.tok(texts, truncation=False)['input_ids']]
         metrics.batch.observe(len(texts))
         return list(zip(P, lengths))
@@ -277,11 +295,12 @@ def create_app(
         rid = request.state.rid
         try:
             _check_auth(request, cfg.token)
-            texts = await _read_texts(request, cfg)
+            texts, pairs = await _read_texts(request, cfg, pair_col)
         except _Reject as r: return error(r.status, r.message, rid, r.headers)
         if cfg.log_requests:
             log.info("request %s texts %s", rid, json.dumps([mask_pii(t, kinds, names)[0] for t in texts], ensure_ascii=False))
-        try: out = await batcher.submit(texts)
+            if pairs: log.info("request %s pairs %s", rid, json.dumps([mask_pii(p, kinds, names)[0] for p in pairs], ensure_ascii=False))
+        try: out = await batcher.submit(list(zip(texts, pairs or [None] * len(texts))))
         except Exception:
             log.exception("request %s: the model failed on %d texts", rid, len(texts))
             return error(500, f"the model failed on this request; quote request id {rid}.", rid)

@@ -8,6 +8,7 @@ from specft.deploy import (quantize_int8, parity, export_onnx, OrtClassifier, qu
                            state_bytes, EXPORTERS)
 from specft.model import save_classifier, encoder_layers
 from specft.cli import main
+from specft.core import SpecftModelError
 
 SPECFT = str(Path(sys.executable).parent/'specft')
 
@@ -116,3 +117,105 @@ def test_lora_run_exports_merged_onnx_and_peft(tmp_path):
     assert json.loads((tmp_path/'adapter'/'adapter_config.json').read_text())['peft_type'] == 'LORA'
     ad = run(RunConfig(model='tiny', method='adapter', epochs=1, max_len=48, max_train_rows=60, device='cpu', out=str(tmp_path/'ad')))
     assert main(['export', str(ad.run_dir), '--format', 'onnx', '--out', str(tmp_path/'ad-onnx')]) == 2
+
+# Runs trained with domain knowledge (lesson 20): text pairs, rule offsets, rule override
+
+KN = dict(model='tiny', epochs=1, max_len=32, max_train_rows=60, device='cpu')
+
+@pytest.fixture(scope='module')
+def knowledge(tmp_path_factory):
+    "A pair + rule-offset run and a rule-override run, each with its predictor and its prepared test rows (texts, pairs)"
+    from specft.knowledge import DRUG_RULES
+    d, out = tmp_path_factory.mktemp('knowledge'), {}
+    for name, kw in (('pair', dict(text_pair_col='condition', rules=str(DRUG_RULES))), ('override', dict(rules=str(DRUG_RULES), rules_mode='override'))):
+        res = run(RunConfig(**KN, **kw, out=str(d/name)))
+        test = prepare_data(saved_config(json.loads((res.run_dir/'run.json').read_text())['config'])).test
+        texts, pairs = test['text'].tolist(), test['text_pair'].tolist() if 'text_pair' in test else None
+        pred = Predictor.load(res.run_dir, 'cpu')
+        out[name] = (res.run_dir, pred, texts, pairs, pred.predict_prepared(texts, pairs))
+    return out
+
+@pytest.mark.parametrize('fmt', ['merged', 'bf16', 'int8', 'onnx', 'onnx-int8'])
+def test_a_pair_and_rule_offset_run_exports_in_every_format(knowledge, tmp_path, fmt):
+    run_dir, pred, texts, pairs, P = knowledge['pair']
+    spec = export_run(run_dir, tmp_path/fmt, fmt)
+    assert spec['knowledge'] == {'text_pair': 'condition', 'rules': {'mode': 'offset', 'file': 'rules.csv',
+                                 'applied': "by specft's Predictor, around the model's logits"}}
+    dp = Predictor.load(tmp_path/fmt, 'cpu')
+    assert type(dp.model).__name__ in ('Classifier', 'OrtClassifier') and dp.knowledge['mode'] == 'offset'
+    assert torch.equal(dp.knowledge['offsets'], pred.knowledge['offsets'])   # exact, not rules.json's 4 decimals
+    Q = dp.predict_prepared(texts, pairs)
+    if fmt in ('merged', 'onnx'): np.testing.assert_allclose(Q, P, atol=1e-5 if fmt == 'merged' else 1e-4, rtol=0)
+    # fp32 agrees exactly; a 1-epoch tiny model's probabilities sit near 1/3, so rounding may flip a close call
+    assert spec['cost']['agreement'] >= (1.0 if fmt in ('merged', 'onnx') else 0.95) and spec['cost']['n'] == len(texts)
+    if fmt.startswith('onnx'): assert dp.model.inputs == ['input_ids', 'attention_mask', 'token_type_ids'] == spec['inputs']
+    assert 'Rules (offset mode)' in (tmp_path/fmt/'card.md').read_text()
+
+def test_a_rule_override_run_exports_with_its_override(knowledge, tmp_path):
+    run_dir, pred, texts, pairs, P = knowledge['override']
+    rules = pred.knowledge['rules']
+    active = (rules.hits(texts) * np.array(pred.knowledge['active'])).any(1)
+    assert active.any()
+    for fmt, tol in (('merged', 1e-5), ('onnx', 1e-4)):
+        export_run(run_dir, tmp_path/fmt, fmt)
+        Q = Predictor.load(tmp_path/fmt, 'cpu').predict_prepared(texts)
+        np.testing.assert_allclose(Q, P, atol=tol, rtol=0)
+        assert ((Q == 1).any(1) == active).all()   # exactly the rows an active rule matches are overridden
+    assert Predictor.load(tmp_path/'onnx', 'cpu').model.inputs == ['input_ids', 'attention_mask']   # no pairs: two inputs
+
+def test_cli_exports_and_predicts_runs_with_pairs_and_rules(knowledge, tmp_path, capsys):
+    "The defects: a rules run's merged export (head.rule_theta), its ONNX export's predict (token_type_ids), a pair run's export (pairs)"
+    for name, fmt in (('pair', 'merged'), ('pair', 'onnx'), ('override', 'merged')):
+        run_dir = knowledge[name][0]
+        assert main(['export', str(run_dir), '--format', fmt, '--out', str(tmp_path/f'{name}-{fmt}')]) == 0, capsys.readouterr().err
+    (tmp_path/'t.csv').write_text('text,condition,label\nI would not recommend it,Pain,negative\nA life saver,Acne,positive\n')
+    def predict(folder, extra):
+        capsys.readouterr(); code = main(['predict', str(folder), *extra]); out = capsys.readouterr()
+        assert code == 0, out.err
+        return [json.loads(l) for l in out.out.splitlines()]
+    for name, extra in (('pair', ['--file', str(tmp_path/'t.csv')]), ('override', ['I would not recommend it', 'A life saver'])):
+        want = predict(knowledge[name][0], extra)
+        for d in tmp_path.glob(f'{name}-*'):
+            got = predict(d, extra)
+            assert [r['label'] for r in got] == [r['label'] for r in want] and len(got) == 2, d
+            np.testing.assert_allclose([list(r['probabilities'].values()) for r in got],
+                                       [list(r['probabilities'].values()) for r in want], atol=2e-6)
+
+def test_keep_layers_with_distillation_of_a_pair_and_rule_offset_run(knowledge, tmp_path):
+    run_dir, pred, texts, pairs, P = knowledge['pair']
+    spec = export_run(run_dir, tmp_path/'k1', 'onnx', keep_layers_k=1, distill_epochs=1, device='cpu')
+    dp = Predictor.load(tmp_path/'k1', 'cpu')
+    assert spec['kept_layers'] == 1 and dp.model.inputs[-1] == 'token_type_ids'
+    assert torch.equal(dp.knowledge['offsets'], pred.knowledge['offsets'])
+    assert dp.predict_prepared(texts[:5], pairs[:5]).shape == (5, 3)
+
+def test_a_failed_export_leaves_no_folder_behind(knowledge, tmp_path, monkeypatch, capsys):
+    run_dir = knowledge['override'][0]
+    assert main(['export', str(run_dir), '--keep-layers', '5', '--out', str(tmp_path/'y')]) == 2   # refused before writing
+    err = capsys.readouterr().err
+    assert 'between 1 and 2' in err and len(err.strip().splitlines()) == 1 and not (tmp_path/'y').exists()
+    def broken(model, tok, labels, out, pairs=False):
+        EXPORTERS['merged'](model, tok, labels, out); raise OSError('disk full')
+    monkeypatch.setitem(EXPORTERS, 'broken', broken)
+    with pytest.raises(OSError, match='disk full'): export_run(run_dir, tmp_path/'a'/'b', 'broken')
+    assert not (tmp_path/'a').exists()
+    (tmp_path/'empty').mkdir()
+    with pytest.raises(OSError, match='disk full'): export_run(run_dir, tmp_path/'empty', 'broken')
+    assert (tmp_path/'empty').is_dir() and not any((tmp_path/'empty').iterdir())   # the user's empty folder stays, empty
+
+def test_stale_exports_are_refused_in_one_line(knowledge, tmp_path, capsys):
+    "Folders exported before this specft carried the rules or the segments: a plain error naming the fix, exit 2"
+    run_dir = knowledge['pair'][0]
+    export_run(run_dir, tmp_path/'old', 'merged')
+    (tmp_path/'old'/'rules.json').unlink()   # what an older specft wrote: no rules beside the model
+    (tmp_path/'t.csv').write_text('text,condition\nIt helped,Pain\n')
+    assert main(['predict', str(tmp_path/'old'), '--file', str(tmp_path/'t.csv')]) == 2
+    err = capsys.readouterr().err
+    assert 'holds no rules.json' in err and 'export the run folder again' in err and len(err.strip().splitlines()) == 1
+    # a two-input ONNX file cannot read pairs
+    pred = knowledge['pair'][1]
+    path = export_onnx(pred.model, tmp_path/'two.onnx')
+    ort = OrtClassifier(path, threads=1)
+    ids = torch.randint(1000, 5000, (2, 6)); seg = torch.zeros_like(ids); seg[:, 3:] = 1
+    torch.testing.assert_close(ort(ids, torch.ones_like(ids), torch.zeros_like(ids)), pred.model(ids, torch.ones_like(ids)), atol=1e-4, rtol=0)
+    with pytest.raises(SpecftModelError, match='no token_type_ids input'): ort(ids, torch.ones_like(ids), seg)

@@ -3,6 +3,7 @@ import contextlib, io, json
 import numpy as np, pandas as pd, pytest, torch
 from sklearn.metrics import accuracy_score, f1_score
 from specft.cli import main
+from specft.core import SpecftModelError
 from specft.custom import run_cv
 from specft.model import build_classifier, load_tokenizer
 from specft.pipeline import Predictor, RunConfig, prepare_data, run, _encode
@@ -112,8 +113,8 @@ def test_offset_run_round_trip(files, tmp_path):
     assert 'rules.csv` (copied into the run folder' in (res.run_dir/'card.md').read_text() and 'learned logit offsets' in (res.run_dir/'card.md').read_text()
     stats = json.loads((res.run_dir/'rules.json').read_text())['stats']
     assert stats['train'][0]['precision'] == 1.0 and 0 < stats['train'][0]['coverage'] < 1
-    pred = Predictor.load(res.run_dir, device='cpu')
-    assert isinstance(pred.model, RuleClassifier)
+    pred = Predictor.load(res.run_dir, device='cpu')   # a plain model, its exact offsets beside it: Predictor adds them to its logits
+    assert not isinstance(pred.model, RuleClassifier) and len(pred.knowledge['offsets']) == 2
     assert pred.predict_prepared(prepare_data(cfg).test['text'].tolist()).argmax(1).tolist() == res.y_pred
 
 def test_override_precedence():
@@ -175,5 +176,31 @@ def test_cv_with_rule_offsets(files, tmp_path):
     fold = tmp_path/'cv'/'fold-1'
     assert (fold/'rules.csv').is_file() and len(json.loads((fold/'rules.json').read_text())['offsets']) == 2
     pred = Predictor.load(fold, device='cpu')
-    assert isinstance(pred.model, RuleClassifier) and pred.predict_proba(['excellent', 'awful']).shape == (2, 3)
+    assert not isinstance(pred.model, RuleClassifier) and pred.predict_proba(['excellent', 'awful']).shape == (2, 3)
     assert Predictor.load(tmp_path/'cv', device='cpu').predict_proba(['excellent']).shape == (1, 3)   # the fold ensemble
+
+def test_an_ensemble_of_pair_folds_predicts_and_evaluates_with_pairs(files, tmp_path):
+    "The defects: `specft predict CV --file F --text-pair-col C` and `specft evaluate CV --data F` crashed on an ensemble of pair runs"
+    code, _, err = call('cv', '--folds', 2, '--model', 'tiny', '--epochs', 1, '--max-len', 32, '--data', files/'train.csv',
+                        '--text-pair-col', 'field', '--device', 'cpu', '--out', tmp_path/'cvp')
+    assert code == 0, err
+    test = pd.read_csv(files/'test.csv')
+    texts, pairs = test['text'].tolist(), test['field'].fillna('').tolist()
+    ens, members = Predictor.load(tmp_path/'cvp', 'cpu'), [Predictor.load(tmp_path/'cvp'/f'fold-{k}', 'cpu') for k in (1, 2)]
+    P = ens.predict_proba(texts, pairs)
+    np.testing.assert_allclose(P, np.mean([m.predict_proba(texts, pairs) for m in members], 0), atol=1e-6)
+    for extra in (['--text-pair-col', 'field'], []):   # the pair column defaults to the members' own
+        code, out, err = call('predict', tmp_path/'cvp', '--file', files/'test.csv', *extra)
+        assert code == 0, err
+        assert [json.loads(l)['label'] for l in out.splitlines()] == [ens.labels[i] for i in P.argmax(1)]
+    code, out, err = call('evaluate', tmp_path/'cvp', '--data', files/'test.csv')
+    assert code == 0, err
+    assert json.loads(out)['accuracy'] == pytest.approx(accuracy_score(test['label'], [ens.labels[i] for i in P.argmax(1)]))
+    code, _, err = call('predict', tmp_path/'cvp', 'excellent w1')   # a text without its pair: one line, exit 2
+    assert code == 2 and "trained with text pairs (column 'field'" in err and len(err.strip().splitlines()) == 1
+
+def test_a_predictor_of_a_rules_run_built_without_its_rules_refuses(files, tmp_path):
+    res = run(RunConfig(**TINY, data=str(files/'train.csv'), rules=str(files/'rules.csv'), out=str(tmp_path/'r')))
+    pred = Predictor.load(res.run_dir, device='cpu')
+    bare = Predictor(pred.model, pred.tok, pred.labels, pred.prep, 'cpu')   # the rules would be dropped silently
+    with pytest.raises(SpecftModelError, match='built without them'): bare.predict_proba(['excellent'])

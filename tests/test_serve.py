@@ -1,7 +1,7 @@
 "specft.serve on loopback with a tiny run: access control, every limit, errors as JSON, metrics, masked logs, a load test, and `specft serve`'s one-line errors."
 import asyncio, json, logging, os, socket, subprocess, sys, time
 from pathlib import Path
-import pytest
+import numpy as np, pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from specft.pipeline import Predictor, run, RunConfig
@@ -187,3 +187,67 @@ def test_cli_serve_runs_and_answers(tiny, tmp_path, workers):
             if not any(Path(f'/proc/{w}').exists() for w in pids): break
             time.sleep(0.1)
         assert not any(Path(f'/proc/{w}').exists() for w in pids), 'a worker outlived the server'
+
+# Runs trained with domain knowledge (lesson 20): pairs travel with their texts, rules apply as in Predictor
+
+@pytest.fixture(scope='module')
+def knowledge(tmp_path_factory):
+    "Run folders of a pair + rule-offset run and a rule-override run, and their predictors"
+    from specft.knowledge import DRUG_RULES
+    d, kn = tmp_path_factory.mktemp('serve-knowledge'), dict(model='tiny', epochs=1, max_len=32, max_train_rows=60, device='cpu')
+    pair = run(RunConfig(**kn, text_pair_col='condition', rules=str(DRUG_RULES), out=str(d/'pair'))).run_dir
+    over = run(RunConfig(**kn, rules=str(DRUG_RULES), rules_mode='override', out=str(d/'over'))).run_dir
+    return {'pair': (pair, Predictor.load(pair, 'cpu')), 'override': (over, Predictor.load(over, 'cpu'))}
+
+TEXTS = ['Honestly I would not recommend it.', 'A life saver, no side effects.', 'It was fine.', 'Made me dizzy.']
+PAIRS = ['Pain', 'Acne', '', 'Migraine']
+
+def probs(r):
+    assert r.status_code == 200, r.text
+    return [list(p['probabilities'].values()) for p in r.json()['predictions']]
+
+def served_app(run_dir, monkeypatch):
+    "The app `specft serve RUN_DIR` would run (uvicorn stubbed out)"
+    import uvicorn
+    from specft.serve import serve
+    apps = []
+    monkeypatch.setattr(uvicorn, 'run', lambda app, **kw: apps.append(app))
+    serve(run_dir, ServeConfig())
+    return apps[0]
+
+def test_a_pair_run_is_served_with_one_pair_per_text(knowledge, monkeypatch):
+    run_dir, pred = knowledge['pair']
+    with TestClient(served_app(run_dir, monkeypatch)) as c:
+        np.testing.assert_allclose(probs(c.post('/predict', json={'texts': TEXTS, 'pairs': PAIRS})), pred.predict_proba(TEXTS, PAIRS), atol=1e-6)
+        for body, msg in [({'texts': TEXTS}, "trained with text pairs (its 'condition' field as a second segment)"),
+                          ({'texts': TEXTS, 'pairs': PAIRS[:3]}, '4 texts but 3 pairs'),
+                          ({'texts': TEXTS, 'pairs': [1, 2, 3, 4]}, 'must be a list of 4 strings'),
+                          ({'texts': TEXTS, 'pairs': 'Pain'}, '4 texts but a str'),
+                          ({'texts': TEXTS[:1], 'pairs': ['x' * 20_001]}, 'over 20000 characters')]:
+            r = c.post('/predict', json=body)
+            assert r.status_code == 422 and msg in r.json()['error'], (body, r.text)
+
+def test_pairs_stay_with_their_texts_in_shared_batches(knowledge):
+    "Concurrent requests are batched together; each text still meets its own pair"
+    import httpx
+    _, pred = knowledge['pair']
+    app = create_app(pred, ServeConfig(max_wait_ms=50))
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url='http://t') as c:
+            return await asyncio.gather(*[c.post('/predict', json={'texts': [t], 'pairs': [p]}) for t in TEXTS for p in PAIRS])
+    got = [probs(r)[0] for r in asyncio.run(go())]
+    passes = next(s.value for s in app.state.metrics.batch.collect()[0].samples if s.name.endswith('_count'))
+    assert passes < len(TEXTS) * len(PAIRS)   # some forward passes served several requests
+    np.testing.assert_allclose(got, pred.predict_proba([t for t in TEXTS for _ in PAIRS], [p for _ in TEXTS for p in PAIRS]), atol=1e-6)
+
+def test_rules_are_applied_as_predictor_applies_them(knowledge, monkeypatch, tmp_path):
+    from specft.deploy import export_run
+    over_dir, over = knowledge['override']
+    export_run(over_dir, tmp_path/'onnx', 'onnx')   # an exported folder serves the same rules
+    for folder in (over_dir, tmp_path/'onnx'):
+        with TestClient(served_app(folder, monkeypatch)) as c:
+            P = probs(c.post('/predict', json={'texts': TEXTS}))
+            r = c.post('/predict', json={'texts': TEXTS, 'pairs': PAIRS})
+        np.testing.assert_allclose(P, over.predict_proba(TEXTS), atol=1e-4 if folder != over_dir else 1e-6)
+        assert r.status_code == 422 and 'trained on texts alone' in r.json()['error']
+    assert (np.array(P) == 1).any(1).tolist() == (over.knowledge['rules'].hits(TEXTS) * np.array(over.knowledge['active'])).any(1).tolist()
