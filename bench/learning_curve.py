@@ -14,6 +14,7 @@ The reduced recipe other benches use for CPU time: reviews cut at --max-len 128 
 320), the same for every method and size.
 
     python bench/learning_curve.py            # MiniLM; sizes 25 50 100 200 all; seeds 0 1 2; full and lora (what the lesson reads)
+    python bench/learning_curve.py --methods lora --add   # LoRA's runs added to the file's full fine-tuning runs
     python bench/learning_curve.py --quick    # the tiny model, sizes 8 16, seed 0, max_len 32, min_steps 4: a smoke test
                                               # (seconds; its results go to a temporary file unless --out is given)
 Writes bench/learning_curve_results.json; nbs/22_curve.ipynb reads it.
@@ -22,9 +23,9 @@ Digital Health 2018; CC BY 4.0; full citation in specft.corpus.DRUG_REVIEWS_CITA
 """
 import argparse, dataclasses, json, sys, tempfile, time
 from pathlib import Path
-import torch
+import pandas as pd, torch
 from specft.core import device_name
-from specft.pipeline import RunConfig, prepare_data, git_commit
+from specft.pipeline import RunConfig, prepare_data, git_commit, BY_METHOD, method_default
 from specft.curve import MIN_STEPS, learning_curve, curve_summary, crossing_point
 
 QUICK = dict(model='tiny', sizes=['8', '16'], seeds=[0], max_len=32, min_steps=4)
@@ -42,6 +43,14 @@ def log(r:dict):
     print(f"size {r['size']:4} seed {r['seed']} {r['method']:5}: macro-F1 {r['macro_f1']:.3f}, accuracy {r['accuracy']:.3f}"
           f"{steps}, {r['train_seconds']:.1f} s", flush=True)
 
+def same_recipe(a:RunConfig, b:RunConfig, methods:list)->bool:
+    "Whether `a` and `b` train `methods` alike: every field equal, but those a method resolves (`BY_METHOD`) compared as each method resolves them"
+    skip = {'method', *BY_METHOD}
+    if {k: v for k, v in dataclasses.asdict(a).items() if k not in skip} != {k: v for k, v in dataclasses.asdict(b).items() if k not in skip}:
+        return False
+    return all(method_default(dataclasses.replace(a, method=m), k) == method_default(dataclasses.replace(b, method=m), k)
+               for m in methods for k in BY_METHOD if k != 'lora_dropout' or m in ('lora', 'adalora'))
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--quick', action='store_true', help='the tiny model, sizes 8 16, seed 0, max_len 32, min_steps 4; results to a temporary file')
@@ -53,6 +62,8 @@ def main(argv=None):
     ap.add_argument('--min-steps', type=int, default=None, help=f'the floor on optimizer steps per run (default {MIN_STEPS})')
     ap.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
     ap.add_argument('--out', default=None, help='default: bench/learning_curve_results.json; with --quick a temporary file')
+    ap.add_argument('--add', action='store_true', help="keep the other methods' runs already in --out (same settings, sizes, seeds and "
+                                                       "subsets, checked) and add these methods' runs to them")
     a = ap.parse_args(argv)
     q = QUICK if a.quick else {}
     sizes = [size(s) for s in (a.sizes or q.get('sizes') or ['25', '50', '100', '200', 'all'])]
@@ -62,18 +73,34 @@ def main(argv=None):
     out = a.out or (tempfile.mkdtemp(prefix='specft-bench-') + '/learning_curve_quick.json' if a.quick else
                     str(Path(__file__).with_name('learning_curve_results.json')))
     t0 = time.time()
+    old = json.loads(Path(out).read_text()) if a.add and Path(out).is_file() else None
+    if old and (not same_recipe(RunConfig(**old['config']), cfg, old['methods']) or (old['seeds'], old['min_steps']) != (seeds, min_steps)):
+        sys.exit(f'--add: {out} was made with other settings, seeds or step floor; run its methods again with these instead.')
     data = prepare_data(cfg)
-    runs = learning_curve(cfg, sizes, seeds, a.methods, min_steps, progress=log, data=data)
+    methods = [m for m in a.methods if m != 'tfidf']
+    runs = learning_curve(cfg, sizes, seeds, methods, min_steps, progress=log, data=data)
+    made = {'command': 'python bench/learning_curve.py ' + ' '.join(argv if argv is not None else sys.argv[1:]), 'device': device_name(),
+            'torch': torch.__version__, 'threads': torch.get_num_threads(), 'git_commit': git_commit(),
+            'minutes_total': round((time.time() - t0) / 60, 2)}
+    by_method = {m: made for m in methods}
+    if old:   # the earlier methods' runs, on the very same subsets (the TF-IDF baseline's rows are redone here: checked equal)
+        key = lambda r: (r['size'], r['seed'], r['method'])
+        was = {key(r): r for r in old['runs']}
+        now = {key(r): r for r in records(runs) if r['method'] == 'tfidf'}
+        if was.keys() & now.keys() != now.keys() or any(was[k]['subset'] != r['subset'] or abs(was[k]['macro_f1'] - r['macro_f1']) > 1e-9
+                                                         for k, r in now.items()):
+            sys.exit(f'--add: the subsets or baseline scores differ from those in {out}; run every method again instead.')
+        earlier = old.get('by_method') or {m: {k: old[k] for k in made if k in old} for m in old['methods']}
+        by_method = {**{m: v for m, v in earlier.items() if m not in methods}, **by_method}
+        runs = pd.concat([runs, pd.DataFrame([r for r in old['runs'] if r['method'] not in methods and r['method'] != 'tfidf'])],
+                         ignore_index=True)
+        methods = list(by_method)
     summary = curve_summary(runs)
-    res = {'command': 'python bench/learning_curve.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
-           'device': device_name(),
-           'torch': torch.__version__, 'threads': torch.get_num_threads(), 'git_commit': git_commit(),
-           'config': dataclasses.asdict(cfg), 'sizes': sorted(int(n) for n in runs['size'].unique()), 'seeds': seeds,
-           'methods': [m for m in a.methods if m != 'tfidf'], 'min_steps': min_steps,
+    res = {**made, 'config': dataclasses.asdict(cfg), 'sizes': sorted(int(n) for n in runs['size'].unique()), 'seeds': seeds,
+           'methods': methods, 'by_method': by_method, 'min_steps': min_steps,
            'n_train': len(data.train), 'n_test': len(data.test),
            'runs': records(runs), 'summary': records(summary),
-           'crossing_points': {m: crossing_point(summary, m) for m in a.methods if m != 'tfidf'},
-           'minutes_total': round((time.time() - t0) / 60, 2)}
+           'crossing_points': {m: crossing_point(summary, m) for m in methods}}
     Path(out).write_text(json.dumps(res, indent=1))
     print(f"crossing points (smallest size from which the mean macro-F1 stays above tfidf's): {res['crossing_points']}")
     print(f"{res['minutes_total']} minutes; wrote {out}", flush=True)

@@ -55,6 +55,11 @@ def summarise(runs):
     out['gap_accuracy'] = out['model_accuracy']['mean'] - out['baseline_accuracy']['mean']
     return out
 
+def summary_line(s:dict)->str:
+    "One line of `summarise`'s output: the model's mean test macro-F1 (with its sd) and accuracy, and the baseline's"
+    return (f"F1 {s['model_macro_f1']['mean']:.3f}±{s['model_macro_f1']['sd']:.3f} acc {s['model_accuracy']['mean']:.3f}"
+            f" | baseline F1 {s['baseline_macro_f1']['mean']:.3f} acc {s['baseline_accuracy']['mean']:.3f}")
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])

@@ -50,7 +50,7 @@ import argparse, dataclasses, json, multiprocessing as mp, os, statistics, sys, 
 from pathlib import Path
 import torch
 from specft.core import device_name
-from recipe import CANDIDATES as RECIPE_CANDIDATES, summarise
+from recipe import CANDIDATES as RECIPE_CANDIDATES, summarise, summary_line
 
 DEFAULTS = 'defaults: logit-adjusted tau 0.5, last epoch'
 CANDIDATES = {**RECIPE_CANDIDATES,   # and bench/selection.py's loss variants of the defaults that bench/recipe.py lacks
@@ -89,7 +89,14 @@ def cv_job(job):
     return {'name': job['name'], 'settings': job['settings'], 'folds': job['folds'], 'seconds': round(time.time() - t0, 1),
             'per_epoch': cv.per_epoch.to_dict('records'),
             'oof': {k: cv.scores[k] for k in ('accuracy', 'macro_f1')},
-            'baseline_oof': {k: cv.baseline[k] for k in ('accuracy', 'macro_f1')}}
+            'baseline_oof': {k: cv.baseline[k] for k in ('accuracy', 'macro_f1')},
+            **({'oof_rows': oof_rows(cv.oof)} if job.get('oof_rows') else {})}
+
+def oof_rows(oof)->dict:
+    "The out-of-fold rows of a CV (`CVResult.oof`) as lists: row number, gold and predicted label ids, and the label names"
+    labels = [c[2:] for c in oof.columns if c.startswith('p_')]
+    ids = {l: i for i, l in enumerate(labels)}
+    return {'labels': labels, 'row': oof['row'].tolist(), 'label': oof['label'].map(ids).tolist(), 'predicted': oof['predicted'].map(ids).tolist()}
 
 def test_job(job):
     "Train one recipe on the whole training split with one seed and score it and its baseline on the test split (bench/peft_methods.py's measurements)"
@@ -103,7 +110,7 @@ def test_job(job):
 
 def pool_map(fn, jobs, workers, done=()):
     "Run `jobs` through `fn`, `workers` processes at a time, printing each result as it comes; a job whose name, settings and folds match a result in `done` is taken from there"
-    def show(r): print(json.dumps({k: v for k, v in r.items() if k != 'per_epoch'}), flush=True); return r
+    def show(r): print(json.dumps({k: v for k, v in r.items() if k not in ('per_epoch', 'oof_rows')}), flush=True); return r
     def same(r, j): return r['settings'] == j['settings'] and r['folds'] == j['folds']
     kept = [{**next(r for r in done if same(r, j)), 'name': j['name']} for j in jobs if any(same(r, j) for r in done)]
     jobs = [j for j in jobs if not any(same(r, j) for r in done)]
@@ -208,9 +215,7 @@ def main(argv=None):
               f"{best['macro_f1']:.3f}) | baseline F1 {c['baseline_oof']['macro_f1']:.3f} acc {c['baseline_oof']['accuracy']:.3f}")
     for n, v in test.items():
         if 'summary' in v:
-            s = v['summary']
-            print(f"test, {n:14s} F1 {s['model_macro_f1']['mean']:.3f}±{s['model_macro_f1']['sd']:.3f} acc {s['model_accuracy']['mean']:.3f}"
-                  f" | baseline F1 {s['baseline_macro_f1']['mean']:.3f} acc {s['baseline_accuracy']['mean']:.3f}")
+            print(f"test, {n:14s} {summary_line(v['summary'])}")
     print(f'wrote {a.out}')
 
 if __name__ == '__main__':

@@ -39,7 +39,7 @@ import numpy as np, torch
 from specft.core import device_name
 from specft.knowledge import DRUG_RULES
 from recipe_cv import CANDIDATES, DEFAULTS, QUICK, cv_job, test_job, pool_map, choose
-from recipe import summarise
+from recipe import summarise, summary_line
 
 HERE = Path(__file__).parent
 BAR = 0.58                                           # issue 14: the chosen combination's mean test macro-F1
@@ -146,9 +146,7 @@ def main(argv=None):
               + (f" | vs defaults F1 {v['macro_f1_difference']:+.3f}{ci}" if v else '') + (' (reused)' if 'reused_from' in c else ''))
     for arm, v in test.items():
         if 'summary' in v:
-            m = v['summary']
-            print(f"test, {arm} ({v['recipe']}): F1 {m['model_macro_f1']['mean']:.3f}±{m['model_macro_f1']['sd']:.3f} "
-                  f"acc {m['model_accuracy']['mean']:.3f} | baseline F1 {m['baseline_macro_f1']['mean']:.3f} acc {m['baseline_accuracy']['mean']:.3f}")
+            print(f"test, {arm} ({v['recipe']}): {summary_line(v['summary'])}")
     print(f"bar (mean test macro-F1 >= {BAR}, accuracy >= the baseline's): {'met' if bar['met'] else 'not met'}")
     print(f'wrote {out}')
 

@@ -76,3 +76,27 @@ def test_crossing_point():
     assert crossing_point(s, 'lora') is None      # above at 25 only
     assert crossing_point(s.assign(macro_f1_mean=np.where(s.method == 'lora', 0.9, s.macro_f1_mean)), 'lora') == 25
     with pytest.raises(SpecftConfigError, match="no method 'head'"): crossing_point(s, 'head')
+
+def test_bench_adds_a_method_to_a_results_file(tmp_path):
+    "bench/learning_curve.py --add: another method's runs join the file's, on the same subsets; other settings are refused"
+    import json, sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parents[1]/'bench'))
+    import learning_curve as bench
+    out = tmp_path/'curve.json'
+    bench.main(['--quick', '--methods', 'full', '--out', str(out)])
+    first = json.loads(out.read_text())
+    bench.main(['--quick', '--methods', 'lora', '--add', '--out', str(out)])
+    both = json.loads(out.read_text())
+    assert both['methods'] == ['full', 'lora'] and set(both['by_method']) == {'full', 'lora'}
+    assert both['by_method']['full']['command'] == first['command'] and '--add' in both['by_method']['lora']['command']
+    runs = pd.DataFrame(both['runs'])
+    assert sorted(runs.method.unique()) == ['full', 'lora', 'tfidf'] and len(runs) == 3 * len(first['runs']) // 2
+    assert runs.groupby(['size', 'seed'])['subset'].nunique().max() == 1                       # still paired
+    kept = runs[runs.method == 'full'].drop(columns='subset').reset_index(drop=True)
+    assert kept.equals(pd.DataFrame([r for r in first['runs'] if r['method'] == 'full']).drop(columns='subset'))
+    assert set(both['crossing_points']) == {'full', 'lora'}
+    with pytest.raises(SystemExit, match='other settings'):
+        bench.main(['--quick', '--methods', 'lora', '--add', '--seeds', '1', '--out', str(out)])
+    with pytest.raises(SystemExit, match='other settings'):
+        bench.main(['--quick', '--methods', 'lora', '--add', '--max-len', '16', '--out', str(out)])
