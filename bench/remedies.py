@@ -7,10 +7,10 @@ offsets (`--rules drug_rules.csv --rules-mode offset`, lesson 20), and parameter
 default recipe, lesson 07). The protocol is part 1's (bench/recipe_cv.py, lesson 13):
 
 1. every remedy and the defaults are cross-validated on the training split only (K stratified folds of its 600 rows,
-   the same folds for all: fold seed 0, as in bench/recipe_cv.py, so a CV already in one of its results files with the
-   same settings is reused). Each remedy's out-of-fold (OOF) macro-F1 and accuracy minus the defaults', with a paired
-   bootstrap 95 % interval over the 600 OOF rows (`specft.evaluate.paired_bootstrap`; a reused CV kept no rows, so
-   it has none);
+   the same folds for all: fold seed 0, as in bench/recipe_cv.py, so a CV in one of its results files with the same
+   settings, made in the precision the runs here train in, is reused: `REUSE`). Each remedy's out-of-fold (OOF)
+   macro-F1 and accuracy minus the defaults', with a paired bootstrap 95 % interval over the 600 OOF rows
+   (`specft.evaluate.paired_bootstrap`; a reused CV kept no rows, so it has none);
 2. the remedies whose OOF macro-F1 beat the defaults' are combined, and the combination is cross-validated too;
 3. the choice, by part 1's rule at each recipe's own last epoch (the epoch count is part 1's question, not this one):
    the highest OOF macro-F1 among the recipes whose OOF accuracy is at least the paired TF-IDF baseline's;
@@ -35,7 +35,7 @@ reads it.
 """
 import argparse, json, os, statistics, sys, tempfile, time
 from pathlib import Path
-import numpy as np, torch
+import torch
 from specft.core import device_name
 from specft.knowledge import DRUG_RULES
 from recipe_cv import CANDIDATES, DEFAULTS, QUICK, cv_job, test_job, pool_map, choose
@@ -59,7 +59,7 @@ def earlier_cvs(folds:int)->list:
     done = []
     for (f, name), precision in REUSE.items():
         p = HERE/f
-        if not p.is_file() or precision != choose_precision('auto', 'cpu'): continue
+        if not p.is_file() or precision != choose_precision('auto', 'auto'): continue   # where the runs here train
         old = json.loads(p.read_text())
         steps = old.get('cheaper_cv') or []
         done += [{'folds': old['folds'], **c, 'reused_from': f'bench/{f}', 'precision': precision}
