@@ -582,6 +582,12 @@ def export_peft(
         raise SpecftConfigError(f"--format peft writes LoRA and AdaLoRA runs; {run_dir} is a '{method}' run. peft has no "
                                 "transformers-5 counterpart of specft's adapters and prefixes; use --format merged for a "
                                 "full, LoRA or AdaLoRA run, or the run folder itself.")
+    run_json = Path(run_dir)/'run.json'   # absent in a folder saved by `save_classifier` alone
+    rules = json.loads(run_json.read_text())['preprocessing'].get('rules') if run_json.is_file() else None
+    if rules:   # lesson 20: the rules live beside the model, and an adapter folder has no place for them
+        raise SpecftConfigError(f"--format peft writes the adapter alone; {run_dir} was trained with rules ({rules['mode']} mode), "
+                                "which it cannot carry, so its predictions would differ. Use --format merged (the rules go "
+                                "beside the model) or serve the run folder itself.")
     s, spec = rec['settings'], json.loads((Path(run_dir)/'config.json').read_text())
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     saved = load_file(str(peft_weights(run_dir)))

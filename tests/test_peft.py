@@ -266,3 +266,12 @@ def test_import_a_peft_adapter_as_model(tmp_path):
     export_peft(tmp_path/'run', tmp_path/'adapter')
     r = run(RunConfig(method='lora', out=str(tmp_path/'r'), **{**QUICK, 'model': str(tmp_path/'adapter'), 'epochs': 1}))
     assert json.loads((r.run_dir/'config.json').read_text())['specft']['peft']['backbone'] == 'tiny'
+
+def test_export_peft_refuses_a_run_with_rules(tmp_path):
+    "An adapter folder has no place for a run's rules: --format peft refuses (one line) instead of dropping them, and writes nothing"
+    from specft.pipeline import RunConfig, run
+    from specft.knowledge import DRUG_RULES
+    r = run(RunConfig(model='tiny', method='lora', epochs=1, max_len=32, max_train_rows=60, device='cpu',   # LoRA takes rules
+                      rules=str(DRUG_RULES), rules_mode='override', out=str(tmp_path/'r')))                # in override mode only
+    with pytest.raises(SpecftConfigError, match=r'trained with rules \(override mode\)'): export_peft(r.run_dir, tmp_path/'peft')
+    assert not (tmp_path/'peft').exists()
