@@ -25,7 +25,7 @@ import argparse, dataclasses, json, sys, tempfile, time
 from pathlib import Path
 import pandas as pd, torch
 from specft.core import device_name
-from specft.pipeline import RunConfig, prepare_data, git_commit, BY_METHOD, method_default
+from specft.pipeline import RunConfig, prepare_data, git_commit, resolved
 from specft.curve import MIN_STEPS, learning_curve, curve_summary, crossing_point
 
 QUICK = dict(model='tiny', sizes=['8', '16'], seeds=[0], max_len=32, min_steps=4)
@@ -45,11 +45,8 @@ def log(r:dict):
 
 def same_recipe(a:RunConfig, b:RunConfig, methods:list)->bool:
     "Whether `a` and `b` train `methods` alike: every field equal, but those a method resolves (`BY_METHOD`) compared as each method resolves them"
-    skip = {'method', *BY_METHOD}
-    if {k: v for k, v in dataclasses.asdict(a).items() if k not in skip} != {k: v for k, v in dataclasses.asdict(b).items() if k not in skip}:
-        return False
-    return all(method_default(dataclasses.replace(a, method=m), k) == method_default(dataclasses.replace(b, method=m), k)
-               for m in methods for k in BY_METHOD if k != 'lora_dropout' or m in ('lora', 'adalora'))
+    one = lambda c, m: dataclasses.asdict(resolved(dataclasses.replace(c, method=m)))
+    return all(one(a, m) == one(b, m) for m in methods)
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
