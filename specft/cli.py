@@ -177,7 +177,7 @@ def _evaluate(a):
     if a.perturb:   # lesson 13's robustness report: the clean texts and each perturbation side by side
         from specft.custom import evaluate_robustness
         kinds = [k.strip() for k in a.perturb.split(',') if k.strip()]
-        res = evaluate_robustness(a.run_dir, a.data, a.text_col, a.label_col, kinds, a.perturb_rate, a.seed, a.device)
+        res = evaluate_robustness(a.run_dir, a.data, a.text_col, a.label_col, kinds, a.perturb_rate, a.seed, a.device, a.text_pair_col)
     else: res = evaluate_run(a.run_dir, a.data, a.text_col, a.label_col, a.device, a.text_pair_col)
     print(json.dumps(res, indent=2))
 

@@ -400,15 +400,17 @@ def robustness_report(
     kinds=PERTURBATIONS,      # which perturbations
     rate:float=0.1,           # p, per word
     seed:int=0,
+    pairs=None,               # a run trained with text pairs: each text's second segment (kept as it is)
 )->pd.DataFrame:              # a row for the clean texts and one per perturbation
     "Accuracy and macro-F1 on the clean texts and on each perturbed copy, the share of texts perturbed and of predictions changed"
     texts = list(texts)
     y = LabelMap(predictor.labels).encode(list(labels))
-    clean = predictor.predict_proba(texts).argmax(-1)
+    kw = {} if pairs is None else {'pairs': list(pairs)}   # the structured field stays clean: people mistype what they write
+    clean = predictor.predict_proba(texts, **kw).argmax(-1)
     rows = {}
     for kind in ['clean', *kinds]:
         noisy = texts if kind == 'clean' else perturb_texts(texts, kind, rate, seed)
-        pred = clean if kind == 'clean' else predictor.predict_proba(noisy).argmax(-1)
+        pred = clean if kind == 'clean' else predictor.predict_proba(noisy, **kw).argmax(-1)
         m = compute_metrics(y, pred.tolist(), predictor.labels)
         rows[kind] = {'accuracy': m['accuracy'], 'macro_f1': m['macro_f1'],
                       'texts_perturbed': float(np.mean([a != b for a, b in zip(texts, noisy)])),
@@ -420,10 +422,13 @@ def evaluate_robustness(
     data,                     # a labelled csv/tsv/jsonl/parquet file
     text_col:str='text', label_col:str='label',
     kinds=PERTURBATIONS, rate:float=0.1, seed:int=0, device='auto',
+    text_pair_col:str|None=None,   # a run trained with text pairs: the file's pair column (default: the run's own)
 )->dict:                      # {'clean': {...}, 'typos': {...}, ...} and 'n', 'rate', 'seed'
     "`specft evaluate --perturb`: `robustness_report` of a run folder on a labelled file"
+    from .knowledge import run_pair_col
     pred = Predictor.load(run_dir, device)
-    df, _ = make_frame(read_table(data)[0], text_col, label_col, str(data))
+    pair_col = text_pair_col or run_pair_col(run_dir)
+    df, _ = make_frame(read_table(data)[0], text_col, label_col, str(data), pair_col=pair_col)
     LabelMap(pred.labels).encode(df['label'], rows=df['row'].tolist())   # an unknown label: a clear error naming its rows
-    rep = robustness_report(pred, df['text'], df['label'], kinds, rate, seed)
+    rep = robustness_report(pred, df['text'], df['label'], kinds, rate, seed, df['text_pair'] if pair_col else None)
     return {**{k: {c: round(float(v), 6) for c, v in r.items()} for k, r in rep.iterrows()}, 'n': len(df), 'rate': rate, 'seed': seed}

@@ -184,7 +184,11 @@ class Monitor:
                  pos:str='positive',       # the positive label
                  neg:str='negative',       # the negative label
                  entities=None,            # entities to follow even before they have news
-                 days=None):               # the day grid (e.g. a trading calendar); None: the days in the stream
+                 days=None,                # the day grid (e.g. a trading calendar); None: the days in the stream
+                 pair_col:str|None=None):  # a predictor trained with text pairs: the records' pair field (default: the run's own column)
+        run_col = getattr(predictor, 'prep', {}).get('text_pair', {}).get('column')
+        if pair_col and not run_col: raise SpecftConfigError(f"pair_col={pair_col!r}, but the predictor was trained on texts alone; drop pair_col.")
+        self.pair_col = pair_col or run_col
         missing = [l for l in (pos, neg) if l not in predictor.labels]
         if missing: raise SpecftConfigError(f"the predictor's labels are {', '.join(predictor.labels)}; it has no {', '.join(map(repr, missing))}. "
                                             "Pass pos= and neg= with its label names.")
@@ -195,12 +199,16 @@ class Monitor:
 # %% ../nbs/17_monitor.ipynb #f8f3ce9c
 @patch
 def update(self:Monitor,
-           records,   # a DataFrame or dicts with date, entity and text
+           records,   # a DataFrame or dicts with date, entity and text (and the pair field, for a pair run)
 )->pd.DataFrame:      # the alerts on the days of these records
     "Score `records`, add them to the stream, and return the alerts that fall on their days"
     df = records.copy() if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
     if 'text' not in df.columns: raise SpecftDataError("Monitor.update needs a 'text' field in each record, besides date and entity.")
-    P = self.predictor.predict_proba(df['text'].astype(str).tolist())
+    if self.pair_col and self.pair_col not in df.columns:
+        raise SpecftDataError(f"the predictor was trained with text pairs: Monitor.update needs a '{self.pair_col}' field in each record "
+                              f"(the second segment; '' where there is none), or Monitor(..., pair_col=) naming the records' field.")
+    kw = {'pairs': df[self.pair_col].fillna('').astype(str).tolist()} if self.pair_col else {}
+    P = self.predictor.predict_proba(df['text'].astype(str).tolist(), **kw)
     probs = pd.DataFrame(np.asarray(P), columns=list(self.predictor.labels), index=df.index)
     new = stream_frame(pd.concat([df.drop(columns=[c for c in probs.columns if c in df.columns]), probs], axis=1),
                        self.pos, self.neg, labels=self.predictor.labels)

@@ -204,3 +204,38 @@ def test_a_predictor_of_a_rules_run_built_without_its_rules_refuses(files, tmp_p
     pred = Predictor.load(res.run_dir, device='cpu')
     bare = Predictor(pred.model, pred.tok, pred.labels, pred.prep, 'cpu')   # the rules would be dropped silently
     with pytest.raises(SpecftModelError, match='built without them'): bare.predict_proba(['excellent'])
+
+def test_evaluate_perturb_of_a_pair_run_perturbs_the_texts_and_keeps_the_pairs(pair_run, files):
+    "The defect: `specft evaluate --perturb` of a run trained with text pairs crashed (it sent the texts without their pairs)"
+    from specft.custom import perturb_texts
+    cfg, res = pair_run
+    code, out, err = call('evaluate', res.run_dir, '--data', files/'test.csv', '--perturb', 'typos', '--perturb-rate', '0.5', '--device', 'cpu')
+    assert code == 0, err
+    r = json.loads(out)
+    test, pred = pd.read_csv(files/'test.csv'), Predictor.load(res.run_dir, 'cpu')
+    texts, pairs = test['text'].tolist(), test['field'].fillna('').tolist()
+    plain = json.loads(call('evaluate', res.run_dir, '--data', files/'test.csv', '--device', 'cpu')[1])
+    assert (r['clean']['accuracy'], r['clean']['macro_f1']) == pytest.approx((plain['accuracy'], plain['macro_f1']), abs=1e-6)
+    noisy = [pred.labels[i] for i in pred.predict_proba(perturb_texts(texts, 'typos', 0.5, 0), pairs).argmax(1)]
+    assert r['typos']['accuracy'] == pytest.approx(accuracy_score(test['label'], noisy), abs=1e-6)
+    assert r['typos']['macro_f1'] == pytest.approx(f1_score(test['label'], noisy, average='macro'), abs=1e-6)
+    assert r['typos']['texts_perturbed'] > 0.2
+    renamed = files/'renamed.csv'   # another file's pair column, named on the command line
+    test.rename(columns={'field': 'group'}).to_csv(renamed, index=False)
+    again = json.loads(call('evaluate', res.run_dir, '--data', renamed, '--text-pair-col', 'group', '--perturb', 'typos',
+                            '--perturb-rate', '0.5', '--device', 'cpu')[1])
+    assert again['typos'] == r['typos']
+
+def test_monitor_scores_a_pair_run_with_each_records_pair(pair_run, files):
+    "The defect: specft.monitor.Monitor sent a pair run its texts without their pairs"
+    from specft.core import SpecftDataError
+    from specft.monitor import Monitor
+    cfg, res = pair_run
+    test, pred = pd.read_csv(files/'test.csv'), Predictor.load(res.run_dir, 'cpu')
+    records = test.assign(date=pd.date_range('2026-03-02', periods=len(test)).strftime('%Y-%m-%d'), entity='drug A')
+    m = Monitor(pred, pos='good', neg='bad')
+    assert m.pair_col == 'field'
+    m.update(records)
+    P = pred.predict_proba(test['text'].tolist(), test['field'].fillna('').tolist())
+    np.testing.assert_allclose(m.stream['p_neg'].to_numpy(), P[:, pred.labels.index('bad')], atol=1e-6)
+    with pytest.raises(SpecftDataError, match="needs a 'field' field"): m.update(records.drop(columns='field'))
