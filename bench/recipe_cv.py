@@ -45,6 +45,12 @@ split side by side (seconds per epoch too, for issue 12's speed bar) -> bench/re
                                                           # reused: how the second cheaper step was added (lesson 07)
     python bench/recipe_cv.py --family lora --recheck 'LoRA q,v r8, lr 3e-3, 10 ep' \
         --out bench/recipe_cv_lora_recheck_results.json   # the choice cross-validated again (here: in fp32, as that step)
+    python bench/recipe_cv.py --recheck 'sqrt cw, lr 5e-5, 8 ep' 'defaults: logit-adjusted tau 0.5, last epoch' \
+        --repeat 1 2 --cv-only --out bench/recipe_cv_repeated_results.json
+                                          # the choice and the defaults on other folds (fold seeds 1 and 2; the seed also
+                                          # seeds the training), chosen by the same rule on the mean over the seeds:
+                                          # lesson 09 adds fold seed 0 from recipe_cv_results.json. About 75 minutes on
+                                          # 2 CPU cores in fp32
 """
 import argparse, dataclasses, json, multiprocessing as mp, os, statistics, sys, tempfile, time
 from pathlib import Path
@@ -85,8 +91,9 @@ def cv_job(job):
     from specft.custom import run_cv
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        cv = run_cv(RunConfig(**job['settings'], seed=0, out=f'{tmp}/cv'), folds=job['folds'])
-    return {'name': job['name'], 'settings': job['settings'], 'folds': job['folds'], 'seconds': round(time.time() - t0, 1),
+        cv = run_cv(RunConfig(**job['settings'], seed=job.get('seed', 0), out=f'{tmp}/cv'), folds=job['folds'])
+    return {'name': job['name'], 'settings': job['settings'], 'folds': job['folds'], **({'seed': job['seed']} if 'seed' in job else {}),
+            'seconds': round(time.time() - t0, 1),
             'per_epoch': cv.per_epoch.to_dict('records'),
             'oof': {k: cv.scores[k] for k in ('accuracy', 'macro_f1')},
             'baseline_oof': {k: cv.baseline[k] for k in ('accuracy', 'macro_f1')},
@@ -127,6 +134,19 @@ def choose(cvs:list)->dict:
     fair = [o for o in options if o['accuracy'] >= o['baseline_accuracy']]
     return max(fair or options, key=lambda o: o['macro_f1'])
 
+def repeated(cvs:list)->list:
+    "The CVs of each recipe over several fold seeds (`--repeat`) as one CV per recipe: per epoch, OOF macro-F1, accuracy and the baseline's accuracy averaged over the seeds"
+    out = []
+    for name in dict.fromkeys(c['name'] for c in cvs):
+        mine = sorted((c for c in cvs if c['name'] == name), key=lambda c: c['seed'])
+        mean = statistics.fmean
+        per_epoch = [{'epoch': e['epoch'], **{k: mean([c['per_epoch'][i][k] for c in mine]) for k in ('accuracy', 'macro_f1')}}
+                     for i, e in enumerate(mine[0]['per_epoch'])]
+        out.append({'name': name, 'settings': mine[0]['settings'], 'seeds': [c['seed'] for c in mine], 'per_epoch': per_epoch,
+                    'oof': {k: mean([c['oof'][k] for c in mine]) for k in ('accuracy', 'macro_f1')},
+                    'baseline_oof': {k: mean([c['baseline_oof'][k] for c in mine]) for k in ('accuracy', 'macro_f1')}})
+    return out
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--quick', action='store_true', help='the tiny model, 2 candidates, 2 folds; results to a temporary file')
@@ -141,6 +161,9 @@ def main(argv=None):
     ap.add_argument('--recheck', nargs='+', default=None, metavar='NAME',
                     help="cross-validate only these recipes of the family again (no reuse, no choice, no test runs), e.g. in "
                          "this machine's precision, to compare with a step cross-validated here")
+    ap.add_argument('--repeat', type=int, nargs='+', default=None, metavar='SEED',
+                    help="with --recheck: cross-validate the named recipes once per SEED (it seeds both the fold assignment and "
+                         "the training), choose among them by the rule on the OOF scores averaged over the seeds, then test as usual")
     a = ap.parse_args(argv)
     lora = a.family == 'lora'
     folds, seeds = a.folds or (2 if a.quick else 3), a.seeds or ([0] if a.quick else [0, 1, 2])
@@ -163,26 +186,45 @@ def main(argv=None):
     res = {'command': 'python bench/recipe_cv.py ' + ' '.join(argv if argv is not None else sys.argv[1:]), 'family': a.family,
            'device': device_name(), 'torch': torch.__version__, 'folds': folds}
     def save(res): Path(a.out).write_text(json.dumps({**res, 'minutes': round((time.time() - t0) / 60, 1)}, indent=1))
-    if a.recheck:   # a fresh CV of the named recipes, nothing else
+    if a.repeat and not a.recheck: ap.error('--repeat needs --recheck NAME ... (the recipes to cross-validate again)')
+    if a.recheck and not a.repeat:   # a fresh CV of the named recipes, nothing else
         if unknown := [n for n in a.recheck if n not in cands]: sys.exit(f"--recheck: no recipe named {unknown}; the family has: {list(cands)}")
         n = min(a.workers, len(a.recheck))
         save({**res, 'cv': pool_map(cv_job, [dict(name=r, settings=cands[r], folds=folds, threads=max(1, (os.cpu_count() or 1) // n))
                                              for r in a.recheck], n)})
         print(f'wrote {a.out} (--recheck)'); return
-    print(f'cross-validating {len(cands)} recipes, {folds} folds each, on the training split', flush=True)
-    cvs = pool_map(cv_job, [dict(name=n, settings=s, folds=folds, threads=threads) for n, s in cands.items()], a.workers, done)
-    cvs.sort(key=lambda c: list(cands).index(c['name']))
+    if a.repeat:   # the named recipes, once per fold seed; the choice is made on the mean over the seeds
+        if unknown := [n for n in a.recheck if n not in cands]: sys.exit(f"--recheck: no recipe named {unknown}; the family has: {list(cands)}")
+        if defaults not in a.recheck: sys.exit(f"--repeat: the defaults ({defaults!r}) must be among the --recheck recipes, to be compared with")
+        cands = {n: cands[n] for n in a.recheck}
+        print(f'cross-validating {len(cands)} recipes, {folds} folds each, fold seeds {a.repeat}, on the training split', flush=True)
+        each = pool_map(cv_job, [dict(name=n, settings=s, folds=folds, threads=threads, seed=seed) for seed in a.repeat
+                                 for n, s in cands.items()], a.workers)
+        each.sort(key=lambda c: (list(cands).index(c['name']), c['seed']))
+        cvs = repeated(each)
+        res['repeat'] = {'seeds': a.repeat, 'each': each, 'difference_macro_f1_vs_defaults': {
+            c['name']: [x['oof']['macro_f1'] - d['oof']['macro_f1'] for x, d in
+                        zip([x for x in each if x['name'] == c['name']], [x for x in each if x['name'] == defaults])] for c in cvs}}
+    else:
+        print(f'cross-validating {len(cands)} recipes, {folds} folds each, on the training split', flush=True)
+        cvs = pool_map(cv_job, [dict(name=n, settings=s, folds=folds, threads=threads) for n, s in cands.items()], a.workers, done)
+        cvs.sort(key=lambda c: list(cands).index(c['name']))
     pick = choose(cvs)
+    save({**res, 'cv': cvs, 'choice': pick, 'partial': 'the CVs and the choice; the steps after it had not run'})   # kept if a later step is stopped
     chosen, name, score = {**cands[pick['name']], 'epochs': pick['epoch']}, pick['name'], pick['macro_f1']
     alone = max(1, os.cpu_count() or 1)   # a single CV job has the machine to itself
+    def cv_one(name, settings):   # one more recipe's CV: with --repeat, at every fold seed (averaged), as the choice was made
+        if not a.repeat: return pool_map(cv_job, [dict(name=name, settings=settings, folds=folds, threads=alone)], 1, done)[0]
+        return repeated(pool_map(cv_job, [dict(name=name, settings=settings, folds=folds, threads=threads, seed=seed)
+                                          for seed in a.repeat], a.workers))[0]
     shortened, cheaper = None, []
     if pick['epoch'] != cands[pick['name']].get('epochs'):   # the epoch count is part of the recipe: check the shorter schedule
-        shortened = pool_map(cv_job, [dict(name=f"{name}, {pick['epoch']} epochs", settings=chosen, folds=folds, threads=alone)], 1, done)[0]
+        shortened = cv_one(f"{name}, {pick['epoch']} epochs", chosen)
         if shortened['oof']['macro_f1'] < score - MARGIN:   # a shorter schedule is not the same training: keep the full one
             chosen, score = cands[name], next(c for c in cvs if c['name'] == name)['oof']['macro_f1']
         else: name, score = shortened['name'], shortened['oof']['macro_f1']
     for what, over in CHEAPER.get(a.family, []):   # cheaper variants, each kept if its OOF macro-F1 holds up
-        step = pool_map(cv_job, [dict(name=f'{name}, {what}', settings={**chosen, **over}, folds=folds, threads=alone)], 1, done)[0]
+        step = cv_one(f'{name}, {what}', {**chosen, **over})
         step['kept'], step['against'] = step['oof']['macro_f1'] >= score - MARGIN, score
         cheaper.append(step)
         if step['kept']: chosen, name = {**chosen, **over}, step['name']   # each step answers to the choice's own score

@@ -223,3 +223,24 @@ def test_evaluate_perturb_reports_clean_and_perturbed_side_by_side(cv, files):
     assert code == 2 and 'typos, case' in err
     code, _, err = call('evaluate', fold, '--data', str(files/'test.csv'), '--perturb', 'typos', '--perturb-rate', '2')
     assert code == 2 and '--perturb-rate' in err
+
+def test_bench_recipe_cv_repeat_chooses_on_the_mean_over_fold_seeds():
+    "bench/recipe_cv.py --repeat: each recipe's per-epoch OOF scores are averaged over the fold seeds before the rule picks"
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parents[1]/'bench'))
+    from recipe_cv import choose, repeated
+    def cv(name, seed, f1s, accs, base):
+        return {'name': name, 'seed': seed, 'settings': {'epochs': len(f1s)},
+                'per_epoch': [{'epoch': i + 1, 'macro_f1': f, 'accuracy': a} for i, (f, a) in enumerate(zip(f1s, accs))],
+                'oof': {'macro_f1': f1s[-1], 'accuracy': accs[-1]}, 'baseline_oof': {'macro_f1': 0.4, 'accuracy': base}}
+    # A wins on seed 0 alone; B wins on the mean of seeds 0 and 1; C's mean macro-F1 is highest but its accuracy is below the baseline's
+    runs = [cv('A', 0, [0.50, 0.60], [0.70, 0.72], 0.68), cv('A', 1, [0.40, 0.44], [0.70, 0.70], 0.69),
+            cv('B', 0, [0.50, 0.58], [0.70, 0.71], 0.68), cv('B', 1, [0.50, 0.54], [0.70, 0.71], 0.69),
+            cv('C', 0, [0.70, 0.70], [0.60, 0.60], 0.68), cv('C', 1, [0.70, 0.70], [0.60, 0.60], 0.69)]
+    assert choose([r for r in runs if r['seed'] == 0])['name'] == 'A'
+    means = repeated(runs)
+    assert [m['name'] for m in means] == ['A', 'B', 'C'] and means[0]['seeds'] == [0, 1]
+    assert means[1]['per_epoch'][1] == pytest.approx({'epoch': 2, 'macro_f1': 0.56, 'accuracy': 0.71})
+    assert means[1]['baseline_oof']['accuracy'] == pytest.approx(0.685)
+    assert (choose(means)['name'], choose(means)['epoch']) == ('B', 2)
