@@ -16,9 +16,9 @@ comparison, so the test score it reports for them is optimistic. This script mak
    cross-validated too, and kept only if its OOF macro-F1 holds up (at most 0.01 below the chosen epoch's);
    likewise, cheaper variants of the chosen recipe (`CHEAPER`, one step after another, each on top of the steps
    kept before it: for LoRA, the same recipe without its branch dropout, which draws a mask over every adapted
-   layer's input, then without the frozen backbone's own dropout, which keeps attention on the fused kernel) are
-   cross-validated, and each is kept if its OOF macro-F1 is at most 0.01 below the choice's own (all the steps
-   together cannot cost more);
+   layer's input, then without the frozen backbone's own dropout, which keeps attention on the fused kernel; for full
+   fine-tuning, the chosen recipe with the defaults' 5 epochs, when it has more) are cross-validated, and each is
+   kept if its OOF macro-F1 is at most 0.01 below the choice's own (all the steps together cannot cost more);
 3. the chosen recipe and today's defaults are trained on the whole training split with seeds 0 1 2 (each paired
    with the same split's baseline) and scored on the test split, once, side by side.
 
@@ -81,7 +81,9 @@ LORA_QUICK = {name: dict(s, method='lora', lora_dropout=0.1) for name, s in QUIC
 # without it); peft's LoraConfig leaves it at 0 by default.
 # Without the backbone's dropout, the attention weights need no mask, so attention runs on the fused kernel (specft_attention
 # hands it to sdpa), and the sublayer outputs need none either: a LoRA step gets cheaper, full fine-tuning's does not change.
-CHEAPER = {'lora': [('without LoRA dropout', dict(lora_dropout=0.0)), ("without the backbone's dropout", dict(model_dropout=0.0))]}
+CHEAPER = {'lora': [('without LoRA dropout', dict(lora_dropout=0.0)), ("without the backbone's dropout", dict(model_dropout=0.0))],
+           # full fine-tuning: the schedule of today's defaults, so that a change of recipe need not make every run longer
+           'recipe': [('5 epochs', dict(epochs=5))]}
 MARGIN = 0.01   # how far below the chosen OOF macro-F1 a shorter schedule or a cheaper variant may score and still be kept
 
 def cv_job(job):
@@ -118,7 +120,7 @@ def test_job(job):
 def pool_map(fn, jobs, workers, done=()):
     "Run `jobs` through `fn`, `workers` processes at a time, printing each result as it comes; a job whose name, settings and folds match a result in `done` is taken from there"
     def show(r): print(json.dumps({k: v for k, v in r.items() if k not in ('per_epoch', 'oof_rows')}), flush=True); return r
-    def same(r, j): return r['settings'] == j['settings'] and r['folds'] == j['folds']
+    def same(r, j): return r['settings'] == j['settings'] and r['folds'] == j['folds'] and r.get('seed', 0) == j.get('seed', 0)
     kept = [{**next(r for r in done if same(r, j)), 'name': j['name']} for j in jobs if any(same(r, j) for r in done)]
     jobs = [j for j in jobs if not any(same(r, j) for r in done)]
     for r in kept: print('reused:', end=' '); show(r)
@@ -179,7 +181,10 @@ def main(argv=None):
     old = json.loads(reuse.read_text()) if a.reuse and reuse.is_file() else {}
     earlier = old.get('cheaper_cv') or []   # a list of steps; one step (a dict) in files written before the second step
     done = [{'folds': old['folds'], **c} for c in [*old.get('cv', []), old.get('shortened_cv'),
-                                                   *(earlier if isinstance(earlier, list) else [earlier])] if c]
+                                                   *(earlier if isinstance(earlier, list) else [earlier])] if c and 'seeds' not in c]
+    done += [{'folds': old['folds'], **c} for c in [*old.get('repeat', {}).get('each', []),   # --repeat: the single CVs, by seed
+                                                    *(old.get('shortened_cv') or {}).get('each', []),
+                                                    *(e for step in (earlier if isinstance(earlier, list) else []) for e in step.get('each', []))]]
     for c in done:   # LoRA settings recorded before they named the branch dropout ran with its default of then, 0.1
         if c['settings'].get('method') == 'lora': c['settings'] = {'lora_dropout': 0.1, **c['settings']}
     t0 = time.time()
@@ -199,7 +204,7 @@ def main(argv=None):
         cands = {n: cands[n] for n in a.recheck}
         print(f'cross-validating {len(cands)} recipes, {folds} folds each, fold seeds {a.repeat}, on the training split', flush=True)
         each = pool_map(cv_job, [dict(name=n, settings=s, folds=folds, threads=threads, seed=seed) for seed in a.repeat
-                                 for n, s in cands.items()], a.workers)
+                                 for n, s in cands.items()], a.workers, done)
         each.sort(key=lambda c: (list(cands).index(c['name']), c['seed']))
         cvs = repeated(each)
         res['repeat'] = {'seeds': a.repeat, 'each': each, 'difference_macro_f1_vs_defaults': {
@@ -215,21 +220,24 @@ def main(argv=None):
     alone = max(1, os.cpu_count() or 1)   # a single CV job has the machine to itself
     def cv_one(name, settings):   # one more recipe's CV: with --repeat, at every fold seed (averaged), as the choice was made
         if not a.repeat: return pool_map(cv_job, [dict(name=name, settings=settings, folds=folds, threads=alone)], 1, done)[0]
-        return repeated(pool_map(cv_job, [dict(name=name, settings=settings, folds=folds, threads=threads, seed=seed)
-                                          for seed in a.repeat], a.workers))[0]
+        each = pool_map(cv_job, [dict(name=name, settings=settings, folds=folds, threads=threads, seed=seed) for seed in a.repeat],
+                        a.workers, done)
+        return {**repeated(each)[0], 'each': sorted(each, key=lambda c: c['seed'])}
     shortened, cheaper = None, []
     if pick['epoch'] != cands[pick['name']].get('epochs'):   # the epoch count is part of the recipe: check the shorter schedule
         shortened = cv_one(f"{name}, {pick['epoch']} epochs", chosen)
         if shortened['oof']['macro_f1'] < score - MARGIN:   # a shorter schedule is not the same training: keep the full one
             chosen, score = cands[name], next(c for c in cvs if c['name'] == name)['oof']['macro_f1']
         else: name, score = shortened['name'], shortened['oof']['macro_f1']
-    for what, over in CHEAPER.get(a.family, []):   # cheaper variants, each kept if its OOF macro-F1 holds up
+    steps = [(what, over) for what, over in CHEAPER.get(a.family, [])   # only steps that change the choice and do not lengthen it
+             if any(chosen.get(k) != v for k, v in over.items()) and over.get('epochs', 0) < chosen.get('epochs', float('inf'))]
+    for what, over in steps:   # cheaper variants, each kept if its OOF macro-F1 holds up
         step = cv_one(f'{name}, {what}', {**chosen, **over})
         step['kept'], step['against'] = step['oof']['macro_f1'] >= score - MARGIN, score
         cheaper.append(step)
         if step['kept']: chosen, name = {**chosen, **over}, step['name']   # each step answers to the choice's own score
     print(f"chosen by {folds}-fold CV: {pick['name']} with {chosen.get('epochs')} epochs"
-          + ''.join(f", {what}" for (what, _), step in zip(CHEAPER.get(a.family, []), cheaper) if step['kept']), flush=True)
+          + ''.join(f", {what}" for (what, _), step in zip(steps, cheaper) if step['kept']), flush=True)
     res = {**res, 'workers': a.workers, 'threads_per_run': threads, 'cv': cvs, 'choice': pick, 'shortened_cv': shortened, 'cheaper_cv': cheaper, 'chosen_settings': chosen,
            'chosen_is_defaults': chosen == cands[defaults], 'test': None}
     if a.cv_only:
