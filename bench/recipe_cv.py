@@ -138,10 +138,9 @@ def choose(cvs:list)->dict:
 
 def repeated(cvs:list)->list:
     "The CVs of each recipe over several fold seeds (`--repeat`) as one CV per recipe: per epoch, OOF macro-F1, accuracy and the baseline's accuracy averaged over the seeds"
-    out = []
+    out, mean = [], statistics.fmean
     for name in dict.fromkeys(c['name'] for c in cvs):
         mine = sorted((c for c in cvs if c['name'] == name), key=lambda c: c['seed'])
-        mean = statistics.fmean
         per_epoch = [{'epoch': e['epoch'], **{k: mean([c['per_epoch'][i][k] for c in mine]) for k in ('accuracy', 'macro_f1')}}
                      for i, e in enumerate(mine[0]['per_epoch'])]
         out.append({'name': name, 'settings': mine[0]['settings'], 'seeds': [c['seed'] for c in mine], 'per_epoch': per_epoch,
@@ -192,14 +191,14 @@ def main(argv=None):
            'device': device_name(), 'torch': torch.__version__, 'folds': folds}
     def save(res): Path(a.out).write_text(json.dumps({**res, 'minutes': round((time.time() - t0) / 60, 1)}, indent=1))
     if a.repeat and not a.recheck: ap.error('--repeat needs --recheck NAME ... (the recipes to cross-validate again)')
+    if a.recheck and (unknown := [n for n in a.recheck if n not in cands]):
+        sys.exit(f"--recheck: no recipe named {unknown}; the family has: {list(cands)}")
     if a.recheck and not a.repeat:   # a fresh CV of the named recipes, nothing else
-        if unknown := [n for n in a.recheck if n not in cands]: sys.exit(f"--recheck: no recipe named {unknown}; the family has: {list(cands)}")
         n = min(a.workers, len(a.recheck))
         save({**res, 'cv': pool_map(cv_job, [dict(name=r, settings=cands[r], folds=folds, threads=max(1, (os.cpu_count() or 1) // n))
                                              for r in a.recheck], n)})
         print(f'wrote {a.out} (--recheck)'); return
     if a.repeat:   # the named recipes, once per fold seed; the choice is made on the mean over the seeds
-        if unknown := [n for n in a.recheck if n not in cands]: sys.exit(f"--recheck: no recipe named {unknown}; the family has: {list(cands)}")
         if defaults not in a.recheck: sys.exit(f"--repeat: the defaults ({defaults!r}) must be among the --recheck recipes, to be compared with")
         cands = {n: cands[n] for n in a.recheck}
         print(f'cross-validating {len(cands)} recipes, {folds} folds each, fold seeds {a.repeat}, on the training split', flush=True)
