@@ -19,8 +19,9 @@ comparison, so the test score it reports for them is optimistic. This script mak
    layer's input, then without the frozen backbone's own dropout, which keeps attention on the fused kernel; for full
    fine-tuning, the chosen recipe with the defaults' 5 epochs, when it has more) are cross-validated, and each is
    kept if its OOF macro-F1 is at most 0.01 below the choice's own (all the steps together cannot cost more);
-3. the chosen recipe and today's defaults are trained on the whole training split with seeds 0 1 2 (each paired
-   with the same split's baseline) and scored on the test split, once, side by side.
+3. the chosen recipe and the defaults it is compared with (DEFAULTS: the test-split study's choice, the package's
+   defaults when this ran; the CV's choice has since replaced them, lesson 09) are trained on the whole training
+   split with seeds 0 1 2 (each paired with the same split's baseline) and scored on the test split, once, side by side.
 
 Writes bench/recipe_cv_results.json; `nbs/09_pipeline.ipynb` reads it.
 
@@ -28,7 +29,7 @@ Writes bench/recipe_cv_results.json; `nbs/09_pipeline.ipynb` reads it.
 query/value targets of the earlier LoRA default, or every dense layer of the encoder at rank 4; the learning rate; 5 or
 10 epochs; then, as cheaper variants of the choice, no dropout on the LoRA branch, then none in the backbone either), then
 trains the chosen recipe, the
-earlier LoRA default (5 epochs, branch dropout 0.1) and today's full fine-tuning defaults on the test
+earlier LoRA default (5 epochs, branch dropout 0.1) and full fine-tuning with DEFAULTS on the test
 split side by side (seconds per epoch too, for issue 12's speed bar) -> bench/recipe_cv_lora_results.json, which
 `nbs/07_peft.ipynb` reads.
 
@@ -58,7 +59,7 @@ import torch
 from specft.core import device_name
 from recipe import CANDIDATES as RECIPE_CANDIDATES, summarise, summary_line
 
-DEFAULTS = 'defaults: logit-adjusted tau 0.5, last epoch'
+DEFAULTS = 'defaults: logit-adjusted tau 0.5, last epoch'   # the package's defaults before this CV's choice replaced them (the results files keep the name)
 CANDIDATES = {**RECIPE_CANDIDATES,   # and bench/selection.py's loss variants of the defaults that bench/recipe.py lacks
               **{name: dict(RECIPE_CANDIDATES[DEFAULTS], logit_adjust=tau) for name, tau in
                  (('no class weights, no adjustment', 0.0), ('logit-adjusted, tau 0.25', 0.25), ('logit-adjusted, tau 1', 1.0))}}
@@ -82,7 +83,7 @@ LORA_QUICK = {name: dict(s, method='lora', lora_dropout=0.1) for name, s in QUIC
 # Without the backbone's dropout, the attention weights need no mask, so attention runs on the fused kernel (specft_attention
 # hands it to sdpa), and the sublayer outputs need none either: a LoRA step gets cheaper, full fine-tuning's does not change.
 CHEAPER = {'lora': [('without LoRA dropout', dict(lora_dropout=0.0)), ("without the backbone's dropout", dict(model_dropout=0.0))],
-           # full fine-tuning: the schedule of today's defaults, so that a change of recipe need not make every run longer
+           # full fine-tuning: the schedule of the former defaults (DEFAULTS), so that a change of recipe need not make every run longer
            'recipe': [('5 epochs', dict(epochs=5))]}
 MARGIN = 0.01   # how far below the chosen OOF macro-F1 a shorter schedule or a cheaper variant may score and still be kept
 
@@ -241,7 +242,7 @@ def main(argv=None):
            'chosen_is_defaults': chosen == cands[defaults], 'test': None}
     if a.cv_only:
         save(res); print(f'wrote {a.out} (--cv-only: no test runs)'); return
-    # LoRA's reference, full fine-tuning with today's defaults, is second: in the pool it runs beside the chosen recipe
+    # LoRA's reference, full fine-tuning with DEFAULTS, is second: in the pool it runs beside the chosen recipe
     # of the same seed (every run shares the CPU with one other; only the last job may run alone)
     full = {'full fine-tuning': {**(QUICK['tiny A'] if a.quick else CANDIDATES[DEFAULTS]), 'select_metric': 'last'}} if lora else {}
     arms = {'chosen by CV': chosen, **full, **({} if chosen == cands[defaults] else {'defaults': cands[defaults]})}

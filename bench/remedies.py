@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Remedies for a small training set, each compared with the default recipe, chosen without the test split.
 
-The remedies that are settings of `RunConfig` on top of today's defaults (bench/recipe_cv.py's DEFAULTS): the
+The remedies that are settings of `RunConfig` on top of the defaults of then (bench/recipe_cv.py's DEFAULTS, since replaced by the CV's choice): the
 condition as a second segment (`--text-pair-col condition`, lesson 20), the bundled example rules as learned logit
 offsets (`--rules drug_rules.csv --rules-mode offset`, lesson 20), and parameter-efficient tuning (LoRA with its own
 default recipe, lesson 07). The protocol is part 1's (bench/recipe_cv.py, lesson 13):

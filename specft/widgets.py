@@ -196,11 +196,12 @@ class _PanelWidgets(W.VBox):
         self.method = W.Dropdown(options=[(METHOD_NAMES.get(m, m), m) for m in pipeline.METHODS], value=d['method'],
                                  description='method', style=st)
         # Training
-        lr = d['lr'] if d['lr'] is not None else pipeline.DEFAULT_LR[d['method']]   # None: the method's default
+        at = lambda k: d[k] if d[k] is not None else pipeline.BY_METHOD[k][d['method']]   # None: the method's default
+        lr = at('lr')
         e = math.log10(lr)
         self.lr = W.FloatLogSlider(value=lr, base=10, min=min(-6, math.floor(e)), max=max(-1, math.ceil(e)),
                                    step=0.01, readout_format='.2g', description='learning rate', style=st)
-        epochs = d['epochs'] if d['epochs'] is not None else pipeline.DEFAULT_EPOCHS[d['method']]
+        epochs = at('epochs')
         self.epochs = W.IntSlider(value=epochs, min=1, max=max(20, epochs), description='epochs', style=st)
         self.batch_size = W.Dropdown(options=sorted({4, 8, 16, 32, 64, d['batch_size']}), value=d['batch_size'],
                                      description='batch size', style=st)
@@ -210,8 +211,8 @@ class _PanelWidgets(W.VBox):
         self.weight_decay = W.FloatSlider(value=d['weight_decay'], min=0, max=0.3, step=0.005, readout_format='.3f',
                                           description='weight decay', style=st)
         self.class_weights = W.Dropdown(options=[('none', 'none'), ('square root of inverse frequency', 'sqrt'),
-                                                 ('inverse frequency', 'auto')], value=d['class_weights'], description='class weights', style=st)
-        self.logit_adjust = W.FloatSlider(value=d['logit_adjust'], min=0, max=max(1.0, d['logit_adjust']), step=0.05,
+                                                 ('inverse frequency', 'auto')], value=at('class_weights'), description='class weights', style=st)
+        self.logit_adjust = W.FloatSlider(value=at('logit_adjust'), min=0, max=max(1.0, at('logit_adjust')), step=0.05,
                                           description='logit adjustment', style=st)
         self.seed = W.IntText(value=d['seed'], description='seed', style=st)
         self.max_train_rows = W.BoundedIntText(value=d['max_train_rows'] or 0, min=0, max=10**9,
@@ -515,9 +516,8 @@ class TrainPanel(_RunPart, _DataPart, _PanelWidgets):
                          'adv_steps', 'adv_alpha')}
         self.convert = {'model': str.strip,
                         'max_train_rows': lambda v: v or None, 'out': lambda v: v.strip() or None,
-                        'lr': self._lr, 'epochs': self._epochs,
                         'warmup': lambda v: round(v, 6), 'weight_decay': lambda v: round(v, 6),  # float noise of slider steps
-                        'logit_adjust': lambda v: round(v, 6),
+                        **{k: lambda v, k=k: self._or_default(k, v) for k in self.PER_METHOD},
                         **{k: lambda v: v.strip() or None for k in ('text_pair_col', 'rules', 'label_groups')}}
         for b, f in ((self.start_btn, self.start), (self.stop_btn, self.stop), (self.code_btn, self.show_code),
                      (self.preview_btn, self.preview)): b.on_click(lambda _, f=f: f())
@@ -528,21 +528,23 @@ class TrainPanel(_RunPart, _DataPart, _PanelWidgets):
         self.method.observe(self._on_method, 'value')
         self._on_source(); self._show_precision()
 
-    def _lr(self, v:float)->float|None:
-        "The slider's learning rate as the readout shows it (a dragged log slider gives 7.943e-05); None at the method's default"
-        v = float(f'{v:.2g}')
-        return None if v == pipeline.DEFAULT_LR.get(self.method.value) else v
+    PER_METHOD = ('lr', 'epochs', 'class_weights', 'logit_adjust')   # controls whose default is the method's (`pipeline.BY_METHOD`)
 
-    def _epochs(self, v:int)->int|None:
-        "The slider's epochs; None at the method's default"
-        return None if v == pipeline.DEFAULT_EPOCHS.get(self.method.value) else v
+    @staticmethod
+    def _shown(name:str, v):
+        "Control `name`'s value as its readout shows it (a dragged log slider gives 7.943e-05; slider steps leave float noise)"
+        return float(f'{v:.2g}') if name == 'lr' else round(v, 6) if name == 'logit_adjust' else v
+
+    def _or_default(self, name:str, v):
+        "The setting of per-method control `name` at value `v`; None where that is the chosen method's default"
+        v = self._shown(name, v)
+        return None if v == pipeline.BY_METHOD[name].get(self.method.value) else v
 
     def _on_method(self, change):
-        "A slider left at the old method's default (learning rate, epochs) moves to the new method's"
-        if float(f'{self.lr.value:.2g}') == pipeline.DEFAULT_LR.get(change['old']):
-            self.lr.value = pipeline.DEFAULT_LR.get(change['new'], self.lr.value)
-        if self.epochs.value == pipeline.DEFAULT_EPOCHS.get(change['old']):
-            self.epochs.value = pipeline.DEFAULT_EPOCHS.get(change['new'], self.epochs.value)
+        "A control left at the old method's default (learning rate, epochs, class weights, logit adjustment) moves to the new method's"
+        for name in self.PER_METHOD:
+            w, by = getattr(self, name), pipeline.BY_METHOD[name]
+            if self._shown(name, w.value) == by.get(change['old']): w.value = by.get(change['new'], w.value)
 
     @property
     def running(self)->bool: return self._thread is not None and self._thread.is_alive()

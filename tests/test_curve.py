@@ -42,7 +42,8 @@ def test_bad_sizes(train, n):
 
 def test_curve_epochs():
     assert curve_epochs(25, 16, 5, 0) == 5 and 5 * math.ceil(25 / 16) == 10    # the recipe alone: 10 steps
-    assert [curve_epochs(n) for n in (25, 50, 100, 200, 540)] == [50, 25, 15, 8, 5]
+    assert [curve_epochs(n, 16, 5) for n in (25, 50, 100, 200, 540)] == [50, 25, 15, 8, 5]
+    assert [curve_epochs(n) for n in (25, 200, 540)] == [50, 8, 8] and DEFAULT_EPOCHS['full'] == 8   # the recipe's own 8 epochs
     assert all(curve_epochs(n) * math.ceil(n / 16) >= MIN_STEPS for n in range(1, 600))
     assert curve_epochs(16, 16, 5, 7) == 7 and curve_epochs(17, 16, 5, 7) == 5
     with pytest.raises(SpecftConfigError, match='batch_size must be at least 1'): curve_epochs(10, 0)

@@ -2,19 +2,40 @@
 import dataclasses, json
 import pytest
 from specft.core import SpecftConfigError
-from specft.pipeline import RunConfig, check_config, prepare_run_dir, run
+from specft.pipeline import RunConfig, check_config, prepare_run_dir, run, BY_METHOD, FULL_RECIPE, METHODS
 from specft.train import Callback, TrainConfig, check_train_config
 
 SHARED = sorted({f.name for f in dataclasses.fields(TrainConfig)} & {f.name for f in dataclasses.fields(RunConfig)})
 
 def test_train_config_and_run_config_cannot_disagree():
+    "Each shared setting has one default: the engine's, or for a per-method field (None) its method's, in BY_METHOD"
     assert {'class_weights', 'logit_adjust', 'select_metric', 'epochs', 'lr'} <= set(SHARED)
-    engine, front = TrainConfig(), RunConfig()
-    for name in SHARED:
-        assert getattr(front.train_config(), name) == getattr(engine, name), name
-        # lr and epochs None mean the method's defaults, which for full fine-tuning are the engine's
-        assert getattr(front, name) == getattr(engine, name) or (name in ('lr', 'epochs') and getattr(front, name) is None), name
-    assert front.train_config() == engine
+    assert set(FULL_RECIPE) <= set(BY_METHOD) and set(BY_METHOD) & set(SHARED) == set(FULL_RECIPE)
+    engine = TrainConfig()
+    for method in METHODS:
+        front = RunConfig(method=method)
+        for name in SHARED:
+            if name in BY_METHOD:
+                assert getattr(front, name) is None and getattr(front.train_config(), name) == BY_METHOD[name][method], (method, name)
+            else: assert getattr(front, name) == getattr(engine, name) == getattr(front.train_config(), name), (method, name)
+    # full fine-tuning trains the cross-validated recipe; head-only training and the PEFT methods keep the engine's loss
+    assert RunConfig().train_config() == TrainConfig(**FULL_RECIPE) != engine
+    assert FULL_RECIPE == dict(lr=5e-5, epochs=8, class_weights='sqrt', logit_adjust=0.0)
+    assert RunConfig(method='head').train_config() == engine
+    for method in set(METHODS) - {'full', 'head'}:
+        tc = RunConfig(method=method).train_config()
+        assert (tc.class_weights, tc.logit_adjust) == (engine.class_weights, engine.logit_adjust) == ('none', 0.5), method
+
+def test_a_per_method_setting_given_wins_and_the_others_keep_their_defaults(tmp_path):
+    "--class-weights none alone on full fine-tuning: no weights, the method's plain cross-entropy; run.json holds both"
+    from specft.cli import build_parser, config_from_args
+    cfg = config_from_args(build_parser().parse_args(['train', '--class-weights', 'none']))
+    assert (cfg.class_weights, cfg.logit_adjust) == ('none', None)
+    assert (cfg.train_config().class_weights, cfg.train_config().logit_adjust) == ('none', 0.0)
+    res = run(RunConfig(**TINY, method='lora', logit_adjust=0.25, out=str(tmp_path/'r')))
+    saved = json.loads((res.run_dir/'run.json').read_text())['config']
+    assert (saved['class_weights'], saved['logit_adjust'], saved['epochs']) == ('none', 0.25, 2)
+    assert 'logit-adjusted loss (tau = 0.25)' in (res.run_dir/'card.md').read_text()
 
 def test_train_config_passes_every_shared_field():
     for name in SHARED:

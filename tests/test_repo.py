@@ -96,7 +96,7 @@ def test_make_test_slow_runs_every_notebook_with_slow_cells():
     notebooks = [p for p in (ROOT/'nbs').rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts]
     has_slow = {p.name for p in notebooks if any('slow' in cell_flags(''.join(c['source']))
                                                for c in json.loads(p.read_text())['cells'] if c['cell_type'] == 'code')}
-    assert {'09_pipeline.ipynb', 'index.ipynb', 'medical_coding.ipynb'} <= has_slow
+    assert {'09_pipeline.ipynb', 'medical_coding.ipynb'} <= has_slow
     assert {p.name for p in notebooks if only.search(p.name)} == has_slow
 
 def test_bench_quick_runs_every_benchmark_and_reports_failures(tmp_path, capsys):

@@ -47,7 +47,7 @@ def test_defaults_are_the_cli_defaults():
     assert (p.lr.value, p.epochs.value, p.batch_size.value, p.max_len.value, p.warmup.value, p.weight_decay.value,
             p.seed.value, p.device.value) == (pipeline.DEFAULT_LR[d['method']], pipeline.DEFAULT_EPOCHS[d['method']], d['batch_size'], d['max_len'], d['warmup'],
                                               d['weight_decay'], d['seed'], d['device'])
-    assert (p.class_weights.value, p.logit_adjust.value) == (d['class_weights'], d['logit_adjust'])
+    assert (p.class_weights.value, p.logit_adjust.value) == (pipeline.DEFAULT_CLASS_WEIGHTS[d['method']], pipeline.DEFAULT_LOGIT_ADJUST[d['method']])
 
 def test_methods_follow_the_pipeline(monkeypatch):
     assert [v for _, v in TrainPanel().method.options] == list(pipeline.METHODS)
@@ -65,6 +65,19 @@ def test_lr_and_epochs_follow_the_method():
     p.epochs.value = pipeline.DEFAULT_EPOCHS['adapter']; p.method.value = 'lora'
     assert p.epochs.value == pipeline.DEFAULT_EPOCHS['lora'] and p.config().epochs is None
 
+def test_class_weights_and_logit_adjust_follow_the_method():
+    p = TrainPanel()
+    assert (p.class_weights.value, p.logit_adjust.value) == ('sqrt', 0.0) and p.config() == RunConfig()   # full: the CV's recipe
+    p.method.value = 'lora'   # LoRA keeps no class weights and the logit-adjusted loss
+    assert (p.class_weights.value, p.logit_adjust.value) == ('none', 0.5)
+    assert (p.config().class_weights, p.config().logit_adjust) == (None, None)
+    assert (p.config().train_config().class_weights, p.config().train_config().logit_adjust) == ('none', 0.5)
+    p.class_weights.value = 'auto'; p.method.value = 'full'   # a value the user set stays; the untouched one follows
+    assert (p.config().class_weights, p.logit_adjust.value, p.config().logit_adjust) == ('auto', 0.0, None)
+    p.logit_adjust.value = 0.25
+    assert p.config().logit_adjust == 0.25
+    assert config_to_command(p.config()).endswith('--class-weights auto --logit-adjust 0.25')
+
 def test_precision_shown_next_to_the_device():
     p = TrainPanel()
     p.device.value = 'cpu'
@@ -79,8 +92,8 @@ def test_precision_shown_next_to_the_device():
 
 def test_controls_build_the_config():
     p = tiny_panel()
-    p.class_weights.value, p.logit_adjust.value, p.lr.value, p.seed.value, p.task.value = 'sqrt', 0.1 + 0.2, 3e-5, 7, 'condition'
-    assert p.config().non_default() == {**TINY, 'class_weights': 'sqrt', 'logit_adjust': 0.3, 'lr': 3e-5, 'seed': 7,
+    p.class_weights.value, p.logit_adjust.value, p.lr.value, p.seed.value, p.task.value = 'auto', 0.1 + 0.2, 3e-5, 7, 'condition'
+    assert p.config().non_default() == {**TINY, 'class_weights': 'auto', 'logit_adjust': 0.3, 'lr': 3e-5, 'seed': 7,
                                         'task': 'condition'}
     p.max_train_rows.value, p.out.value = 0, '  '
     assert p.config().max_train_rows is None and p.config().out is None
