@@ -50,7 +50,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for name, over in VARIANTS.items():
             t0 = time.time()
-            cfg = RunConfig(**{**(QUICK if a.quick else {}), **over}, seed=a.seed, out=f'{tmp}/{name}')
+            cfg = RunConfig(**{**over, **(QUICK if a.quick else {})}, seed=a.seed, out=f'{tmp}/{name}')
             r = run(cfg)
             data = prepare_data(cfg)   # the same splits run() used (deterministic in the seed)
             model, tok = load_classifier(r.run_dir)
