@@ -30,7 +30,7 @@ CLASS_WEIGHT_POWERS = {'auto': 1.0, 'sqrt': 0.5, 'none': None}   # class_weights
 
 @dataclass
 class TrainConfig:
-    "The settings of one `fit`; the defaults are the recipe of `specft train` (chosen in the pipeline lesson)"
+    "The settings of one `fit`; the engine's defaults (full fine-tuning through `specft train` overrides four: `specft.pipeline.FULL_RECIPE`)"
     epochs:int=5                # passes over the training data
     lr:float=8e-5               # peak learning rate of the body
     head_lr_scale:float=10.0    # the head (`fit`'s `head`; by default the parameters named 'head.*') learns this many times faster
