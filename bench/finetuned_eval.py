@@ -3,7 +3,7 @@
 
 Trains MiniLM on the bundled drug-review rating task with `specft.pipeline.run` twice: with the package defaults
 (the logit-adjusted loss, tau 0.5: the recipe the defaults held before lesson 09 switched full fine-tuning to the
-cross-validated one, FORMER below) and with plain cross-entropy (`logit_adjust=0`; that recipe uses no class weights). For the validation and the test split it records every row's id (its
+cross-validated one, FORMER_RECIPE) and with plain cross-entropy (`logit_adjust=0`; that recipe uses no class weights). For the validation and the test split it records every row's id (its
 `row` in `load_corpus('drug-reviews')`: the training file's for validation, the test file's for test, so a text
 can be looked up), true label, the model's logits and class probabilities, so that `nbs/08_evaluate.ipynb` can
 draw confusion matrices and reliability diagrams, fit a temperature on validation and read the worst errors
@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 from specft.core import choose_precision, device_name
 from specft.model import load_classifier
-from specft.pipeline import RunConfig, run, prepare_data, _encode
+from specft.pipeline import RunConfig, run, prepare_data, _encode, FORMER_RECIPE
 from specft.train import predict_logits
 
-# The recipe this benchmark measured: full fine-tuning's defaults before lesson 09's cross-validated switch (they are
-# still the engine's TrainConfig defaults); lesson 08 reads its results. Each variant changes only these settings.
-FORMER = dict(lr=8e-5, epochs=5, class_weights='none', logit_adjust=0.5)
-VARIANTS = {'default': FORMER, 'plain_ce': dict(FORMER, logit_adjust=0.0)}
+# The recipe this benchmark measured: full fine-tuning's defaults before lesson 09's cross-validated switch
+# (FORMER_RECIPE: the engine's TrainConfig defaults); lesson 08 reads its results. Each variant changes only these settings.
+VARIANTS = {'default': FORMER_RECIPE, 'plain_ce': dict(FORMER_RECIPE, logit_adjust=0.0)}
 QUICK = dict(model='tiny', epochs=1, max_len=64, max_train_rows=120)
 
 def split_predictions(model, tok, df, labels, cfg:RunConfig)->dict:

@@ -25,10 +25,10 @@ import torch
 import specft.pipeline as pipeline
 from specft.core import choose_precision, device_name
 from specft.evaluate import compute_metrics
-from specft.pipeline import RunConfig, check_config, prepare_data, run
+from specft.pipeline import RunConfig, check_config, prepare_data, run, FORMER_RECIPE
 from specft.train import Callback, predict_logits
 
-STUDY = dict(lr=8e-5, epochs=5)   # the study's schedule: RunConfig's defaults when it ran (lesson 09 has since switched them)
+STUDY = {k: FORMER_RECIPE[k] for k in ('lr', 'epochs')}   # the study's schedule: RunConfig's defaults when it ran (since switched, lesson 09)
 RECIPES = {name: dict(STUDY, **over) for name, over in {   # the other settings are RunConfig's defaults
     'inverse-frequency weights': dict(class_weights='auto', logit_adjust=0.0),
     'square-root weights': dict(class_weights='sqrt', logit_adjust=0.0),

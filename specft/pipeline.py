@@ -27,12 +27,12 @@ from .knowledge import (check_knowledge, check_against_labels, knowledge_record,
 from .core import md_table
 
 # %% auto #0
-__all__ = ['METHODS', 'FULL_RECIPE', 'DEFAULT_LR', 'DEFAULT_EPOCHS', 'DEFAULT_CLASS_WEIGHTS', 'DEFAULT_LOGIT_ADJUST',
-           'DEFAULT_LORA_DROPOUT', 'DEFAULT_MODEL_DROPOUT', 'BY_METHOD', 'RunConfig', 'method_default', 'learning_rate',
-           'resolved', 'peft_settings', 'check_config', 'default_run_dir', 'saved_config', 'resume_settings',
-           'prepare_run_dir', 'data_sha256', 'versions', 'git_commit', 'preprocessing_of', 'PreparedData',
-           'prepare_data', 'backbone_dropouts', 'set_model_dropout', 'build_model', 'RunResult', 'run', 'kept_by',
-           'model_card', 'check_run_dir', 'Predictor', 'evaluate_run']
+__all__ = ['METHODS', 'FULL_RECIPE', 'FORMER_RECIPE', 'DEFAULT_LR', 'DEFAULT_EPOCHS', 'DEFAULT_CLASS_WEIGHTS',
+           'DEFAULT_LOGIT_ADJUST', 'DEFAULT_LORA_DROPOUT', 'DEFAULT_MODEL_DROPOUT', 'BY_METHOD', 'RunConfig',
+           'method_default', 'learning_rate', 'resolved', 'peft_settings', 'check_config', 'default_run_dir',
+           'saved_config', 'resume_settings', 'prepare_run_dir', 'data_sha256', 'versions', 'git_commit',
+           'preprocessing_of', 'PreparedData', 'prepare_data', 'backbone_dropouts', 'set_model_dropout', 'build_model',
+           'RunResult', 'run', 'kept_by', 'model_card', 'check_run_dir', 'Predictor', 'evaluate_run']
 
 # %% ../nbs/09_pipeline.ipynb #0d3f609d
 from .peft import (PEFT_METHODS, PeftSettings, build_peft_classifier, save_peft, load_peft, peft_record,
@@ -110,6 +110,7 @@ METHODS = (*METHODS, *PEFT_METHODS)   # full, head, and the parameter-efficient 
 # class weights, plain cross-entropy, lr 5e-5, 8 epochs. Every other method keeps the settings it was measured with:
 # the engine's `TrainConfig` defaults (the recipe before that choice), except where a line below says otherwise.
 FULL_RECIPE = dict(lr=5e-5, epochs=8, class_weights='sqrt', logit_adjust=0.0)
+FORMER_RECIPE = {k: getattr(TrainConfig, k) for k in FULL_RECIPE}   # full fine-tuning's before: what earlier benchmarks measured
 # The PEFT rates were chosen from (0.3, 1, 3) x their papers' usual starting points (1e-3; prefixes 1e-2) on
 # VALIDATION macro-F1, mean of seeds 0 and 1, by `bench/peft_methods.py --lr-sweep` (bench/peft_results_lr_sweep.json);
 # the 60-row validation split makes this a noisy choice.
