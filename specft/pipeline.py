@@ -12,7 +12,7 @@ from torch import nn
 import transformers
 from sklearn.model_selection import train_test_split
 import specft
-from .core import SpecftConfigError, SpecftDataError, get_device, choose_precision, set_seed
+from .core import SpecftError, SpecftConfigError, SpecftDataError, get_device, choose_precision, set_seed
 from .corpus import load_corpus, read_table, make_frame, data_task
 from .clean import prepare_corpus, preprocessing_settings, preprocess_texts
 from .split import split_corpus, LabelMap
@@ -364,11 +364,16 @@ def run(
 )->RunResult:
     "Fine-tune, evaluate against the baseline, and write the run folder (under torchrun: every process trains, the first writes)"
     init_distributed(config.device)   # nothing outside torchrun or accelerate launch
+    new = not (config.out and Path(config.out).exists())   # a folder this call makes
     cfg, out = on_main(prepare_run_dir, check_config(config))
     set_seed(cfg.seed)
-    data = prepare_data(cfg)
-    check_against_labels(cfg, data.labels.names)
-    model, tok, peft = build_model(cfg, len(data.labels), data.labels.names)
+    try:
+        data = prepare_data(cfg)
+        check_against_labels(cfg, data.labels.names)
+        model, tok, peft = build_model(cfg, len(data.labels), data.labels.names)
+    except SpecftError:   # bad data, labels or model, found before anything was written: leave no empty run folder behind
+        if new and is_main() and out.is_dir() and not any(out.iterdir()): out.rmdir()
+        raise
     if cfg.grad_checkpointing: enable_grad_checkpointing(model)
     info = {'config': asdict(resolved(cfg)), 'preprocessing': preprocessing_of(cfg), 'labels': data.labels.names,
             'data': {'name': data.corpus_name, 'source': data.source, 'citation': data.citation},

