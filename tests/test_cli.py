@@ -1,5 +1,5 @@
 "The `specft` command end to end: a tiny run, evaluate and predict on its folder, and every error a user can cause."
-import json, os, subprocess, sys
+import contextlib, io, json, os, subprocess, sys
 from pathlib import Path
 import pandas as pd, pytest
 import specft.corpus
@@ -17,10 +17,10 @@ def call(capsys, *argv):
 
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp('cli')/'run'
-    r = sh('train', *TINY, '--max-train-rows', '90', '--out', str(d))
-    assert r.returncode == 0, r.stderr
-    assert f'run folder: {d}' in r.stdout and 'baseline' in r.stdout
+    "One tiny run for the tests of this module, trained in this process (the console script itself: `sh` below)"
+    d, out = tmp_path_factory.mktemp('cli')/'run', io.StringIO()
+    with contextlib.redirect_stdout(out): code = main(['train', *TINY, '--max-train-rows', '90', '--out', str(d)])
+    assert code == 0 and f'run folder: {d}' in out.getvalue() and 'baseline' in out.getvalue(), out.getvalue()
     return d
 
 def test_train_writes_the_run_folder(run_dir):
@@ -38,8 +38,8 @@ def test_train_writes_the_run_folder(run_dir):
     card = (run_dir/'card.md').read_text()
     assert 'Gräßer' in card and 'baseline' in card and '[DATE]' not in card
 
-def test_predict_texts_and_file(run_dir, tmp_path):
-    r = sh('predict', str(run_dir), 'This drug gave me terrible headaches.', 'Worked wonders.')
+def test_predict_texts_and_file(run_dir, tmp_path, capsys):
+    r = sh('predict', str(run_dir), 'This drug gave me terrible headaches.', 'Worked wonders.')   # the installed `specft` command
     rows = [json.loads(l) for l in r.stdout.splitlines()]
     labels = json.loads((run_dir/'labels.json').read_text())
     assert r.returncode == 0 and len(rows) == 2
@@ -47,7 +47,8 @@ def test_predict_texts_and_file(run_dir, tmp_path):
         assert set(row) == {'text', 'label', 'probabilities'} and row['label'] in labels
         assert abs(sum(row['probabilities'].values()) - 1) < 1e-4
     f = tmp_path/'texts.txt'; f.write_text('one\ntwo\nthree\n')
-    assert [json.loads(l)['text'] for l in sh('predict', str(run_dir), '--file', str(f)).stdout.splitlines()] == ['one', 'two', 'three']
+    code, out, _ = call(capsys, 'predict', str(run_dir), '--file', str(f))
+    assert code == 0 and [json.loads(l)['text'] for l in out.splitlines()] == ['one', 'two', 'three']
 
 def test_predict_applies_training_preprocessing(run_dir, capsys):
     "The predictor sees text as training did: HTML entities unescaped, quotes stripped, personal data masked"
@@ -177,13 +178,13 @@ def test_finished_run_folder_is_lean(run_dir):
                 or n.startswith(('tokenizer', 'special_tokens', 'vocab')))
     assert sum(files.values()) <= 1.2 * model, files
 
-def test_predict_file_uses_the_training_reader(run_dir, tmp_path):
+def test_predict_file_uses_the_training_reader(run_dir, tmp_path, capsys):
     f = tmp_path/'t.csv'; pd.DataFrame({'Review': ['good', 'bad']}).to_csv(f, index=False)
-    r = sh('predict', str(run_dir), '--file', str(f), '--text-col', 'review')
-    assert r.returncode == 2 and "Did you mean 'Review'? Pass --text-col Review" in r.stderr
+    code, _, err = call(capsys, 'predict', str(run_dir), '--file', str(f), '--text-col', 'review')
+    assert code == 2 and "Did you mean 'Review'? Pass --text-col Review" in err
     (tmp_path/'t.tsv').write_bytes('text\tx\ncaf\xe9 au lait\t1\n'.encode('cp1252'))   # decoded as training decodes it
-    r = sh('predict', str(run_dir), '--file', str(tmp_path/'t.tsv'))
-    assert r.returncode == 0 and json.loads(r.stdout)['text'] == 'caf\xe9 au lait'
+    code, out, _ = call(capsys, 'predict', str(run_dir), '--file', str(tmp_path/'t.tsv'))
+    assert code == 0 and json.loads(out)['text'] == 'caf\xe9 au lait'
 
 # A bug, simulated: `python -c` replaces a function of specft.pipeline with one that raises, then runs the command
 FAULT = ("import sys, specft.pipeline as p; from specft.cli import main\n"
