@@ -114,7 +114,7 @@ def test_user_errors_exit_2_with_one_line(case, contains, tmp_path, capsys):
     assert code == 2, (out, err)
     assert err.count('\n') == 1 and 'Traceback' not in err and err.startswith('specft train: error:')
     assert contains in err, err
-    assert not (tmp_path/'run').exists()   # the run folder it made, still empty, is gone again
+    assert not (tmp_path/'run').exists()   # bad input stops the run before its folder is made
 
 def test_bad_input_touches_no_run_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)                                            # the default folder: runs/<data>-<model>-<time>
