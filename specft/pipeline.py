@@ -543,8 +543,9 @@ class Predictor:
             from specft.knowledge import knowledge_proba
             return knowledge_proba(self, texts, check_pairs(self.prep, len(texts), pairs))
         ids = encode_texts(self.tok, texts, self.prep['max_len'], self.prep.get('truncation', 'head'))
-        dl = make_loader(ids, None, self.batch_size, self.tok.pad_token_id, shuffle=False)
-        return predict_logits(self.model, dl, device=self.device).softmax(-1).numpy()
+        order = np.argsort([len(x) for x in ids], kind='stable')   # batches of similar lengths: little padding
+        dl = make_loader([ids[i] for i in order], None, self.batch_size, self.tok.pad_token_id, shuffle=False)
+        return predict_logits(self.model, dl, device=self.device).softmax(-1).numpy()[np.argsort(order)]   # rows in the order of `texts`
 
     def predict(self, texts, pairs=None)->list[dict]:
         "For each text: the text, the predicted label and every label's probability; `empty: True` flags a blank text"
