@@ -79,7 +79,7 @@ def build_parser()->argparse.ArgumentParser:
 # %% ../nbs/12_cli.ipynb #cac275a9
 def add_deploy_commands(sub)->None:
     "The `export` and `serve` subcommands, added to the subparsers `sub`"
-    from specft.deploy import EXPORTERS
+    from specft.deploy import EXPORTERS, DISTILL_ALPHA, DISTILL_T
     from specft.serve import ServeConfig
     d = ServeConfig()
     x = sub.add_parser('export', help='write a deployable folder (merged, int8, ONNX) and measure what it costs, '
@@ -89,6 +89,10 @@ def add_deploy_commands(sub)->None:
     x.add_argument('--keep-layers', type=int, metavar='K', help='keep K encoder layers, evenly spread (default: all)')
     x.add_argument('--distill-epochs', type=int, default=0, metavar='N',
                    help='with --keep-layers: distil from the full run for N epochs (default: 0)')
+    x.add_argument('--distill-alpha', type=float, default=DISTILL_ALPHA, metavar='A',
+                   help=f"with --distill-epochs: weight of the teacher's soft labels, 0 to 1 (default: {DISTILL_ALPHA}; 1: the teacher alone)")
+    x.add_argument('--distill-temperature', type=float, default=DISTILL_T, metavar='T',
+                   help=f"with --distill-epochs: temperature of both models' softmax (default: {DISTILL_T})")
     s = sub.add_parser('serve', help='serve a run folder or an exported folder over HTTP')
     s.add_argument('run_dir')
     s.add_argument('--host', default=d.host, help=f'interface to bind; beyond loopback a token is required (default: {d.host})')
@@ -104,7 +108,7 @@ def _export(a):
         print(f"{export_peft(a.run_dir, a.out)}: a Hugging Face peft adapter (adapter_config.json, "
               "adapter_model.safetensors; the head under modules_to_save)"); return
     from specft.deploy import export_run
-    s = export_run(a.run_dir, a.out, a.format, a.keep_layers, a.distill_epochs)
+    s = export_run(a.run_dir, a.out, a.format, a.keep_layers, a.distill_epochs, a.distill_alpha, a.distill_temperature)
     c = s['cost']
     print(f"{a.out}: format {s['format']}, {s['size_bytes'] / 1e6:.1f} MB (source {s['source_bytes'] / 1e6:.1f} MB); "
           f"agreement with the source model {100 * c['agreement']:.1f}% of {c['n']} test rows; "

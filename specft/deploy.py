@@ -21,12 +21,12 @@ from .evaluate import compute_metrics
 from .pipeline import Predictor, prepare_data, saved_config, _encode, check_run_dir
 
 # %% auto #0
-__all__ = ['ONNX_INPUTS', 'ONNX_PAIR_INPUTS', 'ONNX_SCHEMES', 'EXPORTERS', 'size_on_disk', 'state_bytes', 'latency', 'parity',
-           'quantize_int8', 'quiet_loggers', 'export_onnx', 'OrtClassifier', 'int8_embeddings', 'quantize_onnx',
-           'magnitude_prune', 'sparsity', 'spread', 'keep_layers', 'head_scores', 'prune_heads', 'weakest_heads',
-           'build_pruned', 'distill_loss', 'Distiller', 'distill', 'export_merged', 'export_bf16', 'export_int8',
-           'export_onnx_fp32', 'export_onnx_int8', 'load_deployed', 'length_bins', 'reference_of', 'plain_model',
-           'fresh_folder', 'export_run']
+__all__ = ['ONNX_INPUTS', 'ONNX_PAIR_INPUTS', 'ONNX_SCHEMES', 'DISTILL_T', 'DISTILL_ALPHA', 'EXPORTERS', 'size_on_disk',
+           'state_bytes', 'latency', 'parity', 'quantize_int8', 'quiet_loggers', 'export_onnx', 'OrtClassifier',
+           'int8_embeddings', 'quantize_onnx', 'magnitude_prune', 'sparsity', 'spread', 'keep_layers', 'head_scores',
+           'prune_heads', 'weakest_heads', 'build_pruned', 'distill_loss', 'Distiller', 'distill', 'export_merged',
+           'export_bf16', 'export_int8', 'export_onnx_fp32', 'export_onnx_int8', 'load_deployed', 'length_bins',
+           'reference_of', 'plain_model', 'fresh_folder', 'export_run']
 
 # %% ../nbs/10_deploy.ipynb #cc4d22e2
 def size_on_disk(
@@ -293,12 +293,14 @@ def build_pruned(folder:str|Path)->tuple[Classifier, object]:
     return clf.eval(), AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
 
 # %% ../nbs/10_deploy.ipynb #44083785
+DISTILL_T, DISTILL_ALPHA = 2.0, 0.5   # the temperature and the soft term's weight, unless told otherwise (`specft export` too)
+
 def distill_loss(
     z_s:torch.Tensor,   # student logits [B, K]
     z_t:torch.Tensor,   # teacher logits [B, K]
     y:torch.Tensor,     # true label ids [B]
-    T:float=2.0,        # temperature
-    alpha:float=0.5,    # weight of the soft (teacher) term
+    T:float=DISTILL_T,  # temperature
+    alpha:float=DISTILL_ALPHA, # weight of the soft (teacher) term
 )->torch.Tensor:        # the mean loss
     "alpha T^2 KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) CE(z_s, y)"
     p_t = (z_t / T).softmax(-1)
@@ -308,7 +310,7 @@ def distill_loss(
 # %% ../nbs/10_deploy.ipynb #5220bbb9
 class Distiller(nn.Module):
     "Student and frozen teacher for `fit`: training forward gives `[z_s | z_t]`, eval forward gives `z_s`"
-    def __init__(self, student:nn.Module, teacher:nn.Module, T:float=2.0, alpha:float=0.5, rule_offsets:Callable|None=None):
+    def __init__(self, student:nn.Module, teacher:nn.Module, T:float=DISTILL_T, alpha:float=DISTILL_ALPHA, rule_offsets:Callable|None=None):
         super().__init__()
         self.student, self.T, self.alpha, self.rule_offsets = student, T, alpha, rule_offsets
         self._teacher = [teacher.eval()]   # in a list: not a submodule, so not trained, saved or decayed
@@ -340,7 +342,7 @@ def distill(
     teacher:nn.Module,        # the full model (not changed)
     train_loader, val_loader, # as for `specft.train.fit`
     cfg:TrainConfig|None=None, # the engine's settings (its `loss_fn` is replaced)
-    T:float=2.0, alpha:float=0.5,
+    T:float=DISTILL_T, alpha:float=DISTILL_ALPHA,
     labels:list[str]|None=None,
     rule_offsets:Callable|None=None, # `(z, rule_hits) -> z`: a rules run's learned offsets, added to both models' logits
 ):
@@ -428,7 +430,8 @@ def _deploy_card(card:str, spec:dict)->str:
     what = [f"- Format: `{spec['format']}` (runtime: {spec['runtime']}; quantisation: {spec['quantize'] or 'none'})."]
     if spec.get('kept_layers') is not None:
         what.append(f"- Encoder layers kept: {spec['kept_layers']} of {spec['source_layers']}"
-                    + (f", distilled from the full run for {spec['distill_epochs']} epochs." if spec.get('distill_epochs') else
+                    + (f", distilled from the full run for {spec['distill_epochs']} epochs (alpha {spec.get('distill_alpha', DISTILL_ALPHA)}, "
+                       f"temperature {spec.get('distill_temperature', DISTILL_T)})." if spec.get('distill_epochs') else
                        ", without distillation."))
     k = spec.get('knowledge') or {}
     if k.get('text_pair'):
@@ -475,12 +478,20 @@ def export_run(
     format:str='merged',       # one of `EXPORTERS`
     keep_layers_k:int|None=None, # keep this many encoder layers (evenly spread); None: all
     distill_epochs:int=0,      # with `keep_layers_k`: epochs of distillation from the full model
+    distill_alpha:float=DISTILL_ALPHA, # with `distill_epochs`: weight of the teacher's soft labels (1: the teacher alone)
+    distill_T:float=DISTILL_T, # with `distill_epochs`: the temperature of both models' softmax
     device='auto',             # where distillation and the source model run; the export itself is made on the CPU
 )->dict:                       # what deploy.json records
     "Write a deployable folder for `run_dir` in `format`, measuring what it costs on the run's test split"
     src = check_run_dir(run_dir)
     if format not in EXPORTERS:
         raise SpecftConfigError(f"unknown export format '{format}'; use one of: {', '.join(EXPORTERS)}.")
+    if not (isinstance(distill_epochs, int) and distill_epochs >= 0):
+        raise SpecftConfigError(f"--distill-epochs {distill_epochs}: give a whole number of epochs, 0 or more (0: no distillation).")
+    if not 0 <= distill_alpha <= 1:
+        raise SpecftConfigError(f"--distill-alpha {distill_alpha}: the weight of the teacher's soft labels lies between 0 and 1 "
+                                "(1: the teacher alone, 0: the true labels alone).")
+    if not distill_T > 0: raise SpecftConfigError(f"--distill-temperature {distill_T}: a temperature must be above 0 (2 is usual).")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SpecftConfigError(f"--out {out} exists and is not empty; choose a new folder.")
@@ -495,7 +506,8 @@ def export_run(
             from specft.knowledge import rule_offset_fn   # lesson 20: a rules run's offsets, on both models' logits
             tr, va = (_encode(teacher.tok, df, data.labels, cfg, shuffle=df is data.train) for df in (data.train, data.val))
             distill(model, teacher.model, tr, va, TrainConfig(epochs=distill_epochs, lr=cfg.lr or TrainConfig.lr, device=device, seed=cfg.seed,
-                    select_metric='last', head_lr_scale=1.0), labels=teacher.labels, rule_offsets=rule_offset_fn(getattr(teacher, 'knowledge', None)))
+                    select_metric='last', head_lr_scale=1.0), T=distill_T, alpha=distill_alpha, labels=teacher.labels,
+                    rule_offsets=rule_offset_fn(getattr(teacher, 'knowledge', None)))
     model, pairs = model.cpu().eval(), data.test['text_pair'].tolist() if 'text_pair' in data.test else None
     with fresh_folder(out):
         spec = {'format': format, **EXPORTERS[format](model, teacher.tok, teacher.labels, out, pairs=pairs is not None)}
@@ -506,6 +518,7 @@ def export_run(
             spec['knowledge'] = export_knowledge(teacher, src, out)
         spec.update(source=str(src.resolve()), source_layers=L, created=datetime.datetime.now().isoformat(timespec='seconds'),
                     kept_layers=keep_layers_k, distill_epochs=distill_epochs if keep_layers_k is not None else 0)
+        if spec['distill_epochs']: spec.update(distill_alpha=distill_alpha, distill_temperature=distill_T)
         (out/'deploy.json').write_text(json.dumps(spec, indent=2))   # what `load_deployed` reads to measure the cost
         texts, y = data.test['text'].tolist(), data.labels.encode(data.test['label'])   # prepared: cleaned and masked once
         cost = parity(teacher.predict_prepared(texts, pairs), load_deployed(out, 'cpu').predict_prepared(texts, pairs), y, teacher.labels)

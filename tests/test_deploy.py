@@ -5,7 +5,8 @@ import numpy as np, pytest, torch
 from specft.pipeline import Predictor, prepare_data, saved_config, run, RunConfig
 from specft.deploy import (quantize_int8, parity, export_onnx, OrtClassifier, quantize_onnx, keep_layers, prune_heads,
                            weakest_heads, build_pruned, distill_loss, export_run, load_deployed, magnitude_prune, sparsity,
-                           state_bytes, EXPORTERS)
+                           state_bytes, EXPORTERS, DISTILL_ALPHA, DISTILL_T)
+from safetensors.torch import load_file
 from specft.model import save_classifier, encoder_layers
 from specft.cli import main
 from specft.core import SpecftModelError
@@ -86,6 +87,13 @@ def test_export_keep_layers_with_distillation(tiny, tmp_path):
     assert spec['kept_layers'] == 1 and spec['distill_epochs'] == 1
     assert json.loads((tmp_path/'k1'/'config.json').read_text())['num_hidden_layers'] == 1
     assert 'Encoder layers kept: 1 of 2' in (tmp_path/'k1'/'card.md').read_text()
+    assert (spec['distill_alpha'], spec['distill_temperature']) == (DISTILL_ALPHA, DISTILL_T)
+    soft = export_run(run_dir, tmp_path/'k1-soft', 'merged', keep_layers_k=1, distill_epochs=1, distill_alpha=1.0, distill_T=4.0)
+    assert (soft['distill_alpha'], soft['distill_temperature']) == (1.0, 4.0)
+    assert 'distilled from the full run for 1 epochs (alpha 1.0, temperature 4.0)' in (tmp_path/'k1-soft'/'card.md').read_text()
+    base = export_run(run_dir, tmp_path/'k1-base', 'merged', keep_layers_k=1, distill_epochs=1)
+    w = [load_file(tmp_path/d/'model.safetensors') for d in ('k1-base', 'k1-soft')]
+    assert any(not torch.equal(w[0][k], w[1][k]) for k in w[0]), 'alpha and T did not reach the distillation loss'
 
 def test_exporters_are_a_registry():
     assert list(EXPORTERS) == ['merged', 'bf16', 'int8', 'onnx', 'onnx-int8']
@@ -97,7 +105,10 @@ def test_cli_export_and_errors(tiny, tmp_path, capsys):
     assert 'agreement' in out and str(tmp_path/'e') in out
     for argv, msg in [(['export', str(tmp_path/'nope'), '--out', str(tmp_path/'x')], 'not a finished specft run folder'),
                       (['export', str(run_dir), '--out', str(tmp_path/'e')], 'not empty'),
-                      (['export', str(run_dir), '--keep-layers', '5', '--out', str(tmp_path/'y')], 'between 1 and 2')]:
+                      (['export', str(run_dir), '--keep-layers', '5', '--out', str(tmp_path/'y')], 'between 1 and 2'),
+                      (['export', str(run_dir), '--keep-layers', '1', '--distill-epochs', '-1', '--out', str(tmp_path/'y')], 'whole number'),
+                      (['export', str(run_dir), '--keep-layers', '1', '--distill-epochs', '1', '--distill-alpha', '1.5', '--out', str(tmp_path/'y')], 'between 0 and 1'),
+                      (['export', str(run_dir), '--keep-layers', '1', '--distill-epochs', '1', '--distill-temperature', '0', '--out', str(tmp_path/'y')], 'above 0')]:
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1, err
