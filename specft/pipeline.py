@@ -32,7 +32,7 @@ __all__ = ['METHODS', 'FULL_RECIPE', 'FORMER_RECIPE', 'DEFAULT_LR', 'DEFAULT_EPO
            'method_default', 'learning_rate', 'resolved', 'peft_settings', 'check_config', 'default_run_dir',
            'saved_config', 'resume_settings', 'prepare_run_dir', 'data_sha256', 'versions', 'git_commit',
            'preprocessing_of', 'PreparedData', 'prepare_data', 'backbone_dropouts', 'set_model_dropout', 'build_model',
-           'RunResult', 'run', 'kept_by', 'model_card', 'check_run_dir', 'Predictor', 'evaluate_run']
+           'RunResult', 'run', 'kept_by', 'model_card', 'check_run_dir', 'length_order', 'Predictor', 'evaluate_run']
 
 # %% ../nbs/09_pipeline.ipynb #0d3f609d
 from .peft import (PEFT_METHODS, PeftSettings, build_peft_classifier, save_peft, load_peft, peft_record,
@@ -499,6 +499,10 @@ def _texts(texts)->list[str]:
                                   "pass strings, e.g. '' for a missing text.")
     return texts
 
+def length_order(texts:list[str], pairs:list[str]|None=None)->np.ndarray:
+    "Indices of `texts` (with their `pairs`) from the shortest to the longest in characters, ties in the order given"
+    return np.argsort([len(t) + (len(pairs[i]) if pairs is not None else 0) for i, t in enumerate(texts)], kind='stable')
+
 class Predictor:
     "Predict with a trained run folder, applying the run's own preprocessing"
     def __init__(self, model, tokenizer, labels:list[str], prep:dict, device='auto', batch_size:int=32):
@@ -539,13 +543,17 @@ class Predictor:
 
     def predict_prepared(self, texts:list[str], pairs:list[str]|None=None)->np.ndarray:
         "Class probabilities of texts (and pairs) already preprocessed as the run's own data was (`prepare_data`'s splits): no second pass"
-        if self.prep.get('text_pair') or self.prep.get('rules'):   # lesson 20: two segments, rule hits
+        knowledge = self.prep.get('text_pair') or self.prep.get('rules')   # lesson 20: two segments, rule hits
+        pairs = check_pairs(self.prep, len(texts), pairs) if knowledge else None
+        order = length_order(texts, pairs)   # batches of similar lengths: little padding
+        texts, pairs = [texts[i] for i in order], None if pairs is None else [pairs[i] for i in order]
+        if knowledge:
             from specft.knowledge import knowledge_proba
-            return knowledge_proba(self, texts, check_pairs(self.prep, len(texts), pairs))
-        ids = encode_texts(self.tok, texts, self.prep['max_len'], self.prep.get('truncation', 'head'))
-        order = np.argsort([len(x) for x in ids], kind='stable')   # batches of similar lengths: little padding
-        dl = make_loader([ids[i] for i in order], None, self.batch_size, self.tok.pad_token_id, shuffle=False)
-        return predict_logits(self.model, dl, device=self.device).softmax(-1).numpy()[np.argsort(order)]   # rows in the order of `texts`
+            P = knowledge_proba(self, texts, pairs)
+        else:
+            ids = encode_texts(self.tok, texts, self.prep['max_len'], self.prep.get('truncation', 'head'))
+            P = predict_logits(self.model, make_loader(ids, None, self.batch_size, self.tok.pad_token_id), device=self.device).softmax(-1).numpy()
+        return P[np.argsort(order)]   # rows in the order given
 
     def predict(self, texts, pairs=None)->list[dict]:
         "For each text: the text, the predicted label and every label's probability; `empty: True` flags a blank text"
