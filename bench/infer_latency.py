@@ -20,8 +20,10 @@ kept, so that a slow spell of this shared machine hits all variants alike), size
 label agrees with the fp32 model's (the parity bar of lesson 10 is 99 %). The last line is
 `ratio_vs_hf_pipeline=`: the batch-32 throughput of the fastest variant within 0.01 macro-F1 of the fp32 model,
 divided by the pipeline's. That rule picks a variant by its test score, so the same rule is also applied to the
-validation split (60 rows that no variant trained on): `ratio_vs_hf_pipeline_val_choice=` is the honest figure when
-the two differ; the same ratio round by round shows how much the machine's speed moved it. How much either split can
+validation split (60 rows that no variant trained on): `ratio_vs_hf_pipeline_val_choice=` does not read the test
+split, but 60 rows decide it; the same ratio round by round shows how much the machine's speed moved it.
+bench/deploy_cv.py decides which variants keep within 0.01 by 5-fold cross-validation on the 600 training rows
+instead, and reads this script's results files for their speeds. How much either split can
 tell: per variant, a paired bootstrap 95% interval of its macro-F1 minus fp32's, on each split.
 The file records the CPU's instruction set as torch sees it (`cpu_capability`: AVX2, AVX512, ...) and whether it has bf16.
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib, copy, datetime, io, json, logging, shutil, time, warnings
 from pathlib import Path
 from typing import Callable
-import numpy as np, torch
+import numpy as np, pandas as pd, torch
 from torch import nn
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -18,7 +18,7 @@ from .core import md_table
 from .model import Classifier, encoder_layers, save_classifier, load_classifier_state
 from .train import TrainConfig, fit, predict_logits
 from .evaluate import compute_metrics
-from .pipeline import Predictor, prepare_data, saved_config, _encode, check_run_dir
+from .pipeline import Predictor, RunConfig, prepare_data, saved_config, _encode, check_run_dir
 
 # %% auto #0
 __all__ = ['ONNX_INPUTS', 'ONNX_PAIR_INPUTS', 'ONNX_SCHEMES', 'DISTILL_T', 'DISTILL_ALPHA', 'EXPORTERS', 'size_on_disk',
@@ -26,7 +26,7 @@ __all__ = ['ONNX_INPUTS', 'ONNX_PAIR_INPUTS', 'ONNX_SCHEMES', 'DISTILL_T', 'DIST
            'int8_embeddings', 'quantize_onnx', 'magnitude_prune', 'sparsity', 'spread', 'keep_layers', 'head_scores',
            'prune_heads', 'weakest_heads', 'build_pruned', 'distill_loss', 'Distiller', 'distill', 'export_merged',
            'export_bf16', 'export_int8', 'export_onnx_fp32', 'export_onnx_int8', 'load_deployed', 'length_bins',
-           'reference_of', 'plain_model', 'fresh_folder', 'export_run']
+           'reference_of', 'plain_model', 'fresh_folder', 'distill_rows', 'export_run']
 
 # %% ../nbs/10_deploy.ipynb #cc4d22e2
 def size_on_disk(
@@ -472,6 +472,24 @@ def fresh_folder(out:Path):
             for p in out.iterdir(): shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         raise
 
+def distill_rows(
+    student:nn.Module,         # the smaller model (`keep_layers`), trained in place
+    teacher:Predictor,         # the full run, loaded
+    train:pd.DataFrame,        # prepared rows to distil on (shuffled each epoch)
+    val:pd.DataFrame,          # prepared rows validated after each epoch (reported; the last epoch is kept)
+    labels:LabelMap,           # the run's label map
+    cfg:RunConfig,             # the run's recipe: its batch size, max length, learning rate and seed
+    epochs:int,                # epochs of distillation
+    alpha:float=DISTILL_ALPHA, T:float=DISTILL_T,
+    device='auto',
+):
+    "`distill` the `teacher` run into `student` on the rows `train`, with the run's own settings: what `export_run` does on the run's training split"
+    from specft.knowledge import rule_offset_fn   # lesson 20: a rules run's offsets, on both models' logits
+    tr, va = _encode(teacher.tok, train, labels, cfg, shuffle=True), _encode(teacher.tok, val, labels, cfg)
+    return distill(student, teacher.model, tr, va, TrainConfig(epochs=epochs, lr=cfg.lr or TrainConfig.lr, device=device, seed=cfg.seed,
+                   select_metric='last', head_lr_scale=1.0), T=T, alpha=alpha, labels=teacher.labels,
+                   rule_offsets=rule_offset_fn(getattr(teacher, 'knowledge', None)))
+
 def export_run(
     run_dir:str|Path,          # a finished run folder
     out:str|Path,              # the folder to write (must not exist, or be empty)
@@ -503,11 +521,7 @@ def export_run(
     if keep_layers_k is not None:
         keep_layers(model, keep_layers_k)
         if distill_epochs:
-            from specft.knowledge import rule_offset_fn   # lesson 20: a rules run's offsets, on both models' logits
-            tr, va = (_encode(teacher.tok, df, data.labels, cfg, shuffle=df is data.train) for df in (data.train, data.val))
-            distill(model, teacher.model, tr, va, TrainConfig(epochs=distill_epochs, lr=cfg.lr or TrainConfig.lr, device=device, seed=cfg.seed,
-                    select_metric='last', head_lr_scale=1.0), T=distill_T, alpha=distill_alpha, labels=teacher.labels,
-                    rule_offsets=rule_offset_fn(getattr(teacher, 'knowledge', None)))
+            distill_rows(model, teacher, data.train, data.val, data.labels, cfg, distill_epochs, distill_alpha, distill_T, device)
     model, pairs = model.cpu().eval(), data.test['text_pair'].tolist() if 'text_pair' in data.test else None
     with fresh_folder(out):
         spec = {'format': format, **EXPORTERS[format](model, teacher.tok, teacher.labels, out, pairs=pairs is not None)}

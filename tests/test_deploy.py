@@ -5,7 +5,7 @@ import numpy as np, pytest, torch
 from specft.pipeline import Predictor, prepare_data, saved_config, run, RunConfig
 from specft.deploy import (quantize_int8, parity, export_onnx, OrtClassifier, quantize_onnx, keep_layers, prune_heads,
                            weakest_heads, build_pruned, distill_loss, export_run, load_deployed, magnitude_prune, sparsity,
-                           state_bytes, EXPORTERS, DISTILL_ALPHA, DISTILL_T)
+                           state_bytes, EXPORTERS, DISTILL_ALPHA, DISTILL_T, distill_rows)
 from safetensors.torch import load_file
 from specft.model import save_classifier, encoder_layers
 from specft.cli import main
@@ -94,6 +94,20 @@ def test_export_keep_layers_with_distillation(tiny, tmp_path):
     base = export_run(run_dir, tmp_path/'k1-base', 'merged', keep_layers_k=1, distill_epochs=1)
     w = [load_file(tmp_path/d/'model.safetensors') for d in ('k1-base', 'k1-soft')]
     assert any(not torch.equal(w[0][k], w[1][k]) for k in w[0]), 'alpha and T did not reach the distillation loss'
+
+def test_distill_rows_is_export_runs_distillation_on_the_rows_given(tiny, tmp_path):
+    "export_run distils on the run's training split through distill_rows; given other rows, distill_rows trains on those alone"
+    run_dir, teacher, *_ = tiny
+    cfg = saved_config(json.loads((run_dir/'run.json').read_text())['config'])
+    data = prepare_data(cfg)
+    export_run(run_dir, tmp_path/'k1', 'merged', keep_layers_k=1, distill_epochs=1)
+    student = keep_layers(copy.deepcopy(teacher.model), 1)
+    distill_rows(student, teacher, data.train, data.val, data.labels, cfg, 1)
+    w, mine = build_pruned(tmp_path/'k1')[0].state_dict(), student.state_dict()
+    assert set(w) == set(mine) and all(torch.equal(w[k], mine[k].cpu()) for k in w)
+    few = data.train.iloc[:cfg.batch_size + 1]   # two batches an epoch
+    state = distill_rows(keep_layers(copy.deepcopy(teacher.model), 1), teacher, few, data.val, data.labels, cfg, 2)
+    assert state.step == 4
 
 def test_exporters_are_a_registry():
     assert list(EXPORTERS) == ['merged', 'bf16', 'int8', 'onnx', 'onnx-int8']
