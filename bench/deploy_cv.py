@@ -21,10 +21,18 @@ at batch 32, its ratio to the Hugging Face pipeline (`ratio_vs_hf_pipeline_cv_ch
 test macro-F1 minus fp32's, read from the file (the test split is scored there, once). The choice holds for the recipe
 cross-validated here: a file measured on a run of another recipe says so (`same_recipe`).
 
+Another way of distilling, tried on its own: `--students-only K` makes fp32 and the K-layer students alone,
+`--distill-alpha`/`--distill-epochs` set the distillation, `--augment N` adds N augmented copies of each training row
+to the students' transfer set (`specft.augment`), and `--teachers DIR` keeps the fold teachers for the next such run.
+
 Usage:
     python bench/deploy_cv.py             # 5 folds of the default recipe, 2 threads: about 40 min on 2 CPU cores
     python bench/deploy_cv.py --quick     # the tiny model, 2 folds: a smoke test (results printed, not written)
-Writes bench/deploy_cv_results.json; `nbs/10_deploy.ipynb` reads it.
+    python bench/deploy_cv.py --students-only 4 --distill-alpha 1 --distill-epochs 8 --teachers /tmp/teachers \
+        --out bench/deploy_cv_results_k4_alpha1_8ep.json    # the teacher's soft labels alone, 8 epochs: about 35 min
+    python bench/deploy_cv.py --respeed bench/deploy_cv_results_k4_alpha1_8ep.json   # its speed choices, from the
+                                          # bench/infer_latency_results*.json files there now (seconds)
+Writes bench/deploy_cv_results.json (or --out); `nbs/10_deploy.ipynb` reads both files.
 """
 import argparse, copy, dataclasses, glob, json, shutil, sys, tempfile, time
 from pathlib import Path
@@ -46,6 +54,8 @@ def parse(argv=None):
                     help="distil the students on the fold's training rows and N augmented copies of each (specft.augment)")
     ap.add_argument('--teachers', default=None, metavar='DIR',
                     help="keep each fold's teacher in DIR, and reuse one found there with the same recipe and rows")
+    ap.add_argument('--respeed', default=None, metavar='FILE',
+                    help="read this script's results FILE and redo only its speed choices, from the infer_latency files there now")
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--speeds', nargs='*', default=None, help='bench/infer_latency.py results files (default: bench/infer_latency_results*.json)')
     ap.add_argument('--out', default=None, help='results file (default: bench/deploy_cv_results.json; none with --quick)')
@@ -141,10 +151,12 @@ def scores(P:dict, y, fold, labels)->list:
 RECIPE_KEYS = ('model', 'pooling', 'epochs', 'lr', 'batch_size', 'max_len', 'class_weights', 'logit_adjust', 'weight_decay',
                'warmup_frac', 'method', 'precision', 'select_metric', 'task', 'data')
 
-def speed_choice(path:str, rows:list, recipe:dict, same_students:bool=True)->dict:
-    """The fastest variant the cross-validation keeps, by the texts/s of one bench/infer_latency.py results file, and its ratio;
-    `same_students`: the students were distilled as that script distils them (else a student's test score there is another model's)"""
+def speed_choice(path:str, rows:list, recipe:dict, distill:dict, augment:int=0)->dict:
+    """The fastest variant the cross-validation keeps, by the texts/s of one bench/infer_latency.py results file, and its ratio.
+    A student's speed there is its shape's; its test score is this student's only if the file's students were distilled alike"""
     d = json.loads(Path(path).read_text())
+    theirs = d.get('students_distilled', {'epochs': 3, 'alpha': 0.5})   # the files written before the script recorded it
+    same_students = not augment and (theirs['epochs'], theirs['alpha']) == (distill['epochs'], distill['alpha'])
     kept = {r['variant'] for r in rows if r['within']}
     measured = {r['variant']: r for r in d['rows']}
     hf, fp32 = measured['hf_pipeline'], measured['fp32']
@@ -162,8 +174,18 @@ def speed_choice(path:str, rows:list, recipe:dict, same_students:bool=True)->dic
                {'test_f1_diff': None, 'test_note': "the file's student was distilled with other settings: its test score is another model's"}),
             'file_val_choice': d.get('fastest_within_0.01_val_f1'), 'file_ratio_val_choice': d.get('ratio_vs_hf_pipeline_val_choice')}
 
+def respeed(path:str, files=None)->dict:
+    "The speed choices of a results file of this script, redone from the bench/infer_latency.py results files there now"
+    d = json.loads(Path(path).read_text())
+    files = files if files is not None else sorted(glob.glob(str(HERE/'infer_latency_results*.json')))
+    d['speeds'] = [speed_choice(f, d['rows'], d['recipe'], d['distill'], d.get('augment', 0)) for f in files]
+    Path(path).write_text(json.dumps(d, indent=1) + '\n')
+    for s in d['speeds']: print(json.dumps(s))
+    return d
+
 def main(argv=None):
     a = parse(argv)
+    if a.respeed: return respeed(a.respeed, a.speeds)
     torch.set_num_threads(a.threads)
     from specft.pipeline import RunConfig
     from specft.core import cpu_has_bf16, device_name
@@ -176,8 +198,7 @@ def main(argv=None):
     P, y, fold, row_ids, labels, recipe = cv_variants(cfg, folds, distill, a.threads, tmp, a.students_only, a.teachers, a.augment)
     rows = scores(P, y, fold, labels)
     files = a.speeds if a.speeds is not None else sorted(glob.glob(str(HERE/'infer_latency_results*.json')))
-    same = distill['epochs'] == 3 and distill['alpha'] == DISTILL_ALPHA and not a.augment   # as bench/infer_latency.py distils
-    speeds = [speed_choice(f, rows, recipe, same) for f in files]   # --quick too: it reads the files only
+    speeds = [speed_choice(f, rows, recipe, distill, a.augment) for f in files]   # --quick too: it reads the files only
     result = {'command': ' '.join(['python bench/deploy_cv.py', *(argv if argv is not None else sys.argv[1:])]),
               'device': device_name(), 'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'cpu_has_bf16': cpu_has_bf16(),
               'threads': a.threads, 'folds': folds, 'seed': a.seed, 'n_rows': len(y), 'distill': distill, 'augment': a.augment,

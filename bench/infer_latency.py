@@ -49,6 +49,10 @@ def parse():
     ap.add_argument('--quick', action='store_true', help='the tiny model: a smoke test of this script')
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--rounds', type=int, default=5, help='interleaved timing rounds of the batch-32 pass (--quick: 1)')
+    ap.add_argument('--distill-alpha', type=float, default=None, help="the students' weight of the teacher's soft labels (default: specft.deploy's)")
+    ap.add_argument('--distill-epochs', type=int, default=3, help="the students' epochs of distillation (default 3)")
+    ap.add_argument('--variants', nargs='+', default=None, metavar='NAME',
+                    help='measure only these variants (beside hf_pipeline and fp32); the block-size and int8-error studies need all')
     ap.add_argument('--out', default=None, help='results file (default: bench/infer_latency_results.json; none with --quick)')
     return ap.parse_args()
 
@@ -157,7 +161,8 @@ def main():
     from specft.clean import preprocess_texts
     from specft.core import cpu_has_bf16, device_name
     from specft.evaluate import paired_bootstrap
-    from specft.deploy import export_run, load_deployed, size_on_disk, state_bytes, quantize_onnx, encoder_layers
+    from specft.deploy import export_run, load_deployed, size_on_disk, state_bytes, quantize_onnx, encoder_layers, DISTILL_ALPHA
+    distill = dict(distill_epochs=a.distill_epochs, distill_alpha=DISTILL_ALPHA if a.distill_alpha is None else a.distill_alpha)
     tmp = Path(tempfile.mkdtemp(prefix='infer-latency-'))
     run_dir = Path(a.run_dir) if a.run_dir else None
     if run_dir is None:
@@ -188,8 +193,9 @@ def main():
     fast = 'bf16' if cpu_has_bf16() else 'merged'
     for name, fmt, kw in [*([('bf16', 'bf16', {})] if cpu_has_bf16() else []), ('int8', 'int8', {}), ('onnx', 'onnx', {}),
                           ('onnx-int8', 'onnx-int8', {}), ('onnx-int8-tensor', 'onnx', dict(scheme='tensor')),
-                          (f'k{k}-distilled-onnx-int8', 'onnx-int8', dict(keep_layers_k=k, distill_epochs=3)),
-                          *[(f'k{j}-distilled-{fast}', fast, dict(keep_layers_k=j, distill_epochs=3)) for j in dict.fromkeys((L - 1, L - 2)) if j >= 1]]:
+                          (f'k{k}-distilled-onnx-int8', 'onnx-int8', dict(keep_layers_k=k, **distill)),
+                          *[(f'k{j}-distilled-{fast}', fast, dict(keep_layers_k=j, **distill)) for j in dict.fromkeys((L - 1, L - 2)) if j >= 1]]:
+        if a.variants and name not in a.variants: continue
         scheme = kw.pop('scheme', None)
         spec = export_run(run_dir, tmp/name, fmt, **kw)
         if scheme:   # the fp32 ONNX export, quantised with `scheme` (once: not block-wise first)
@@ -210,12 +216,14 @@ def main():
             b = paired_bootstrap(yy, P[r['variant']].argmax(-1), P['fp32'].argmax(-1), len(labels))
             r[key] = [round(b['lo'], 3), round(b['hi'], 3)]
     print('macro-F1 minus fp32\'s, 95% interval (validation | test):', {r['variant']: (r['val_f1_diff_95'], r['f1_diff_95']) for r in rows})
-    print('block size of onnx-int8, on the training and validation texts:')
-    dev = data.train['text'].tolist() + data.val['text'].tolist()
-    if a.quick: dev = dev[:64]
-    blocks = block_size_choice(run_dir, tmp, dev, pred.predict_prepared(dev), a.threads)
-    print('int8 error by granularity (fake-quantised):')
-    sources = int8_error_sources(pred, texts, y, ref)
+    blocks = sources = None
+    if not a.variants:
+        print('block size of onnx-int8, on the training and validation texts:')
+        dev = data.train['text'].tolist() + data.val['text'].tolist()
+        if a.quick: dev = dev[:64]
+        blocks = block_size_choice(run_dir, tmp, dev, pred.predict_prepared(dev), a.threads)
+        print('int8 error by granularity (fake-quantised):')
+        sources = int8_error_sources(pred, texts, y, ref)
     base = next(r for r in rows if r['variant'] == 'fp32')
     ok = [r for r in rows if r['variant'] != 'hf_pipeline' and r['macro_f1'] >= base['macro_f1'] - 0.01]
     best = max(ok, key=lambda r: r['texts_per_s_b32'])
@@ -229,7 +237,8 @@ def main():
               'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'cpu_has_bf16': cpu_has_bf16(), 'threads': a.threads,
               'run_config': run_config, 'model': run_config['model'], 'n_test': len(texts),
               'rows': rows, 'rounds': a.rounds, 'seconds_per_round': {n: [round(x, 3) for x in v] for n, v in secs.items()}, 'block_size_choice': blocks,
-              'block_size_kept': min(blocks, key=lambda r: r['kl_vs_fp32'])['block_size'], 'int8_error_sources': sources, 'fastest_within_0.01_f1': best['variant'], 'ratio_vs_hf_pipeline': round(ratio, 2),
+              'block_size_kept': blocks and min(blocks, key=lambda r: r['kl_vs_fp32'])['block_size'],
+              'students_distilled': {'epochs': distill['distill_epochs'], 'alpha': distill['distill_alpha']}, 'int8_error_sources': sources, 'fastest_within_0.01_f1': best['variant'], 'ratio_vs_hf_pipeline': round(ratio, 2),
               'fastest_within_0.01_val_f1': best_val['variant'], 'ratio_vs_hf_pipeline_val_choice': round(ratio_val, 2)}
     out = a.out or (None if a.quick else str(Path(__file__).parent/'infer_latency_results.json'))
     if out: Path(out).write_text(json.dumps(result, indent=2) + '\n')
