@@ -100,7 +100,7 @@ def fold_variants(teacher_dir:Path, train, val, held, labels, cfg, distill:dict,
     return P
 
 def cv_variants(cfg, folds:int, distill:dict, threads:int, tmp:Path, students_only:list|None=None, teachers=None, augment:int=0):
-    "Out-of-fold probabilities of every variant on the training split; also its labels, folds, rows and the teachers' recipe"
+    "Out-of-fold probabilities of every variant on the training split; also its labels (ids), folds, label names and the teachers' recipe"
     from specft.pipeline import prepare_data, check_config, resolved
     from specft.split import LabelMap
     from specft.custom import cv_pool, cv_folds, fold_parts, fit_member
@@ -129,7 +129,7 @@ def cv_variants(cfg, folds:int, distill:dict, threads:int, tmp:Path, students_on
         Pk = fold_variants(tdir, train, val, held, labels, cfg, distill, threads, tmp/f'fold-{k}-variants', students_only)
         for name, p in Pk.items(): P.setdefault(name, np.zeros((len(pool), len(labels.names))))[fold == k] = p
         print(f'fold {k} done in {time.time() - t0:.0f} s', flush=True)
-    return P, np.array(labels.encode(pool['label'])), fold, pool['row'].tolist(), labels.names, recipe
+    return P, np.array(labels.encode(pool['label'])), fold, labels.names, recipe
 
 def scores(P:dict, y, fold, labels)->list:
     "Per variant: out-of-fold macro-F1, its difference from fp32's (paired bootstrap 95% interval, each fold's), agreement"
@@ -195,7 +195,7 @@ def main(argv=None):
     cfg = (RunConfig(model='tiny', epochs=2, max_len=48, max_train_rows=90, seed=a.seed) if a.quick
            else RunConfig(model='minilm', seed=a.seed))
     tmp, t0 = Path(tempfile.mkdtemp(prefix='deploy-cv-')), time.time()
-    P, y, fold, row_ids, labels, recipe = cv_variants(cfg, folds, distill, a.threads, tmp, a.students_only, a.teachers, a.augment)
+    P, y, fold, labels, recipe = cv_variants(cfg, folds, distill, a.threads, tmp, a.students_only, a.teachers, a.augment)
     rows = scores(P, y, fold, labels)
     files = a.speeds if a.speeds is not None else sorted(glob.glob(str(HERE/'infer_latency_results*.json')))
     speeds = [speed_choice(f, rows, recipe, distill, a.augment) for f in files]   # --quick too: it reads the files only
