@@ -12,7 +12,8 @@ On the bundled drug reviews' 378 test texts, with 2 threads, in one process:
    int8 with one scale per matrix and batch (ONNX Runtime's `quantize_dynamic`), for comparison,
 6. `k3-distilled-onnx-int8`: 3 of 6 layers kept, distilled from the full run, then ONNX int8 (tiny: 1 of 2),
 7. `k5-distilled-bf16` and `k4-distilled-bf16`: one or two layers dropped (5 or 4 of 6; tiny: 1 of 2), distilled
-   for 3 epochs, then bf16 (fp32 `merged` where the CPU has no bf16).
+   for 3 epochs, then bf16 (fp32 `merged` where the CPU has no bf16). The students' distillation is set by
+   `--distill-epochs` and `--distill-alpha` (recorded as `students_distilled`); `--variants` measures only the named ones.
 
 Per variant: p50 and p95 latency of one text at a time (batch 1), texts per second at batch 32 (batches of
 length-sorted texts; every variant is timed once per round, `--rounds` rounds interleaved, and the median round is
@@ -36,6 +37,8 @@ the int8 grid and back, symmetric), weights per tensor or per output channel, ac
 quantisation does, one scale per batch), per token, or not at all; label agreement with fp32 and macro-F1 for each.
 
 Usage: python bench/infer_latency.py [--run-dir RUN] [--quick] [--out bench/infer_latency_results.json]
+       python bench/infer_latency.py --run-dir RUN --distill-alpha 1 --distill-epochs 8 --variants bf16 k4-distilled-bf16 \
+           --out bench/infer_latency_results_avx512_alpha1.json   # the student bench/deploy_cv.py kept (lesson 10)
 Without --run-dir it trains a MiniLM run with the default recipe first (--quick: a tiny run, measured on
 96 test texts in one round, for a smoke test; its results are printed, not written).
 """
